@@ -1,0 +1,49 @@
+# oxio's one definition of how to build, test, benchmark and lint. `make help` lists targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.deps-installed
+
+.PHONY: help demo build test test-rust test-python conformance bench lint clean
+
+help: ## Show this help.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+build: $(STAMP) ## Build the extension (release) into .venv.
+	$(VENV)/bin/maturin develop --release --quiet
+
+demo: build ## Run the showcase: the same program on asyncio, uvloop and oxio.
+	$(PY) demo/demo.py
+
+test: build test-rust test-python conformance ## Build and run every test.
+
+test-rust: ## Engine tests (no Python needed).
+	cargo test -p oxio-core --quiet
+
+test-python: build ## The differential pytest suite (each test on asyncio and oxio).
+	$(PY) -m pytest tests
+
+conformance: build ## CPython's own test_asyncio, on oxio and on the stdlib loop.
+	$(PY) tests/conformance/run.py
+
+bench: build ## Side-by-side benchmarks: oxio, asyncio, uvloop.
+	$(PY) benches/run.py
+
+lint: $(STAMP) ## cargo fmt, clippy, ruff, and stubtest of oxio._oxio.
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	$(VENV)/bin/ruff check python tests benches demo
+	$(VENV)/bin/ruff format --check python tests benches demo
+	$(PY) -m mypy.stubtest oxio._oxio --allowlist tests/stubtest-allowlist.txt
+
+clean: ## Remove build products and the venv.
+	cargo clean
+	rm -rf $(VENV)

@@ -1,0 +1,17 @@
+//! The oxio engine: a monotonic clock, a timer heap, a level-triggered readiness poller and a
+//! cross-thread waker.
+//!
+//! Nothing here knows about Python. The binding crate (`oxio-py`) owns every Python object and
+//! drives one loop iteration out of these parts, in the phases written down in `docs/design.md`.
+//! Callers identify I/O sources by a plain `u64` token and timers by an opaque payload, as smol's
+//! `polling` does, so the engine can be tested, fuzzed and sanitised without libpython.
+
+pub mod clock;
+pub mod reactor;
+pub mod timer;
+pub mod waker;
+
+pub use clock::monotonic;
+pub use reactor::{Event, Events, Interest, Poller};
+pub use timer::TimerHeap;
+pub use waker::Waker;

@@ -1,0 +1,123 @@
+//! A min-heap of timers ordered by (deadline, insertion sequence), with lazy cancellation.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+/// Pending timers, earliest first.
+///
+/// Two timers with the same deadline fire in the order they were pushed: the sequence number
+/// breaks ties, which is what asyncio's `heapq` of `TimerHandle`s gives users in practice.
+/// Cancelled timers are not removed eagerly (that would cost O(n)); the owner skips them when they
+/// come due and calls [`TimerHeap::retain`] when too many have piled up.
+pub struct TimerHeap<T> {
+    heap: BinaryHeap<Entry<T>>,
+    next_seq: u64,
+}
+
+struct Entry<T> {
+    when: f64,
+    seq: u64,
+    item: T,
+}
+
+impl<T> PartialEq for Entry<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl<T> Eq for Entry<T> {}
+
+impl<T> PartialOrd for Entry<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<T> Ord for Entry<T> {
+    /// Reversed, so that `BinaryHeap` (a max-heap) pops the earliest deadline first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .when
+            .total_cmp(&self.when)
+            .then_with(|| other.seq.cmp(&self.seq))
+    }
+}
+
+impl<T> Default for TimerHeap<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> TimerHeap<T> {
+    pub fn new() -> Self {
+        Self {
+            heap: BinaryHeap::new(),
+            next_seq: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    /// Schedules `item` for `when` (seconds on the loop clock).
+    pub fn push(&mut self, when: f64, item: T) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.heap.push(Entry { when, seq, item });
+    }
+
+    /// The earliest deadline, if any timer is pending.
+    pub fn next_deadline(&self) -> Option<f64> {
+        self.heap.peek().map(|entry| entry.when)
+    }
+
+    /// Pops the earliest timer if its deadline is at or before `now`.
+    ///
+    /// A timer is never handed out before its deadline: asyncio users rely on
+    /// `loop.time() >= handle.when()` inside the callback.
+    pub fn pop_due(&mut self, now: f64) -> Option<T> {
+        if self.heap.peek()?.when <= now {
+            self.heap.pop().map(|entry| entry.item)
+        } else {
+            None
+        }
+    }
+
+    /// Pops the earliest timer if `pred` holds for it (used to drop cancelled timers at the
+    /// head before computing a poll timeout).
+    pub fn pop_if(&mut self, pred: impl FnOnce(&T) -> bool) -> Option<T> {
+        if pred(&self.heap.peek()?.item) {
+            self.heap.pop().map(|entry| entry.item)
+        } else {
+            None
+        }
+    }
+
+    /// Keeps only the timers for which `keep` returns true and hands the others back, so the
+    /// caller decides where they are dropped (the binding drops Python objects outside its lock).
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) -> Vec<T> {
+        let mut removed = Vec::new();
+        let mut kept = Vec::with_capacity(self.heap.len());
+        for entry in self.heap.drain() {
+            if keep(&entry.item) {
+                kept.push(entry);
+            } else {
+                removed.push(entry.item);
+            }
+        }
+        self.heap = BinaryHeap::from(kept);
+        removed
+    }
+
+    /// Removes every timer and hands them back.
+    pub fn drain(&mut self) -> Vec<T> {
+        self.heap.drain().map(|entry| entry.item).collect()
+    }
+}

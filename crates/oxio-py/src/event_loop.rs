@@ -1,0 +1,663 @@
+//! The Rust base class of `oxio.Loop`: ready queue, timers, fd watchers and `run_once`.
+//!
+//! `run_once` follows the numbered phases of `docs/design.md`. Everything that runs once per
+//! loop or per connection (task factories, executors, signals, exception handlers) lives in the
+//! Python subclass; everything that runs once per callback lives here.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use oxio_core::{monotonic, Events, Interest, Poller, TimerHeap, Waker};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use pyo3::PyClassInitializer;
+
+use crate::context;
+use crate::fd::fd_of;
+use crate::handle::{self, Handle, TimerHandle};
+
+/// Token of the waker in the poller; fds use their own number as token.
+const WAKER_TOKEN: u64 = u64::MAX;
+/// asyncio's `MAXIMUM_SELECT_TIMEOUT`: never sleep longer than a day in one poll.
+const MAX_POLL_TIMEOUT: f64 = 24.0 * 3600.0;
+/// Compact the timer heap once this many timers are pending and more than half are cancelled
+/// (asyncio's `_MIN_SCHEDULED_TIMER_HANDLES` and `_MIN_CANCELLED_TIMER_HANDLES_FRACTION`).
+const MIN_TIMERS_TO_COMPACT: usize = 100;
+const EVENTS_CAPACITY: usize = 1024;
+
+/// State touched by the loop thread and, for `call_soon_threadsafe`, by other threads.
+///
+/// Invariant: no Python code runs while the lock is held, and no Python object is dropped under
+/// it (a `__del__` could call back into the loop and deadlock). Objects leave the lock first.
+struct Core {
+    ready: VecDeque<Py<Handle>>,
+    timers: TimerHeap<Py<TimerHandle>>,
+    /// Cancelled timers still in the heap (counted by `_timer_handle_cancelled`).
+    cancelled_timers: usize,
+    readers: HashMap<RawFd, Py<Handle>>,
+    writers: HashMap<RawFd, Py<Handle>>,
+    /// `None` once the loop is closed: closing releases the epoll fd and the eventfd at once.
+    poller: Option<Arc<Poller>>,
+    waker: Option<Arc<Waker>>,
+}
+
+impl Core {
+    fn interest(&self, fd: RawFd) -> Interest {
+        Interest {
+            readable: self.readers.contains_key(&fd),
+            writable: self.writers.contains_key(&fd),
+        }
+    }
+
+    fn watchers(&mut self, write: bool) -> &mut HashMap<RawFd, Py<Handle>> {
+        if write {
+            &mut self.writers
+        } else {
+            &mut self.readers
+        }
+    }
+
+    /// Tells the poller about a change of `fd`'s interest from `before` to the current one.
+    fn sync_interest(&self, fd: RawFd, before: Interest) -> io::Result<()> {
+        let Some(poller) = &self.poller else {
+            return Ok(());
+        };
+        let now = self.interest(fd);
+        let token = fd as u64;
+        match (before.is_empty(), now.is_empty()) {
+            (true, true) => Ok(()),
+            (true, false) => poller.add(fd, token, now),
+            (false, true) => poller.delete(fd),
+            (false, false) => match poller.modify(fd, token, now) {
+                // The fd was closed and its number reused without a `remove_reader`: the kernel
+                // already forgot the old registration.
+                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => poller.add(fd, token, now),
+                other => other,
+            },
+        }
+    }
+}
+
+#[pyclass(subclass, frozen, module = "oxio._oxio")]
+pub struct EventLoop {
+    core: Mutex<Core>,
+    /// Only the loop thread polls; the buffer is reused across iterations.
+    events: Mutex<Events>,
+    stopping: AtomicBool,
+    closed: AtomicBool,
+    debug: AtomicBool,
+    /// `threading.get_ident()` of the thread running the loop, 0 when not running.
+    thread_id: AtomicU64,
+}
+
+fn current_thread_id() -> u64 {
+    // SAFETY: pthread_self has no preconditions. Python's `threading.get_ident()` returns the
+    // same value on Linux.
+    unsafe { libc::pthread_self() as u64 }
+}
+
+fn closed_error() -> PyErr {
+    PyRuntimeError::new_err("Event loop is closed")
+}
+
+impl EventLoop {
+    fn core(&self) -> MutexGuard<'_, Core> {
+        // A panic cannot happen while the lock is held (nothing in it can panic), but recover
+        // from poisoning rather than crash the interpreter if one ever does.
+        self.core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn check_closed(&self) -> PyResult<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(closed_error());
+        }
+        Ok(())
+    }
+
+    fn is_debug(&self) -> bool {
+        self.debug.load(Ordering::Relaxed)
+    }
+
+    /// asyncio's `_check_thread`, done in debug mode only.
+    fn check_thread(&self) -> PyResult<()> {
+        let owner = self.thread_id.load(Ordering::Relaxed);
+        if owner != 0 && owner != current_thread_id() {
+            return Err(PyRuntimeError::new_err(
+                "Non-thread-safe operation invoked on an event loop other than the current one",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Debug-mode checks and the source traceback asyncio records for every handle.
+    fn debug_checks(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        method: &str,
+        check_thread: bool,
+    ) -> PyResult<Option<Py<PyAny>>> {
+        if !slf.get().is_debug() {
+            return Ok(None);
+        }
+        if check_thread {
+            slf.get().check_thread()?;
+        }
+        slf.call_method1("_check_callback", (callback, method))?;
+        Ok(Some(slf.call_method0("_extract_stack")?.unbind()))
+    }
+
+    fn new_handle(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+        source_traceback: Option<Py<PyAny>>,
+    ) -> PyResult<Handle> {
+        let py = slf.py();
+        let context = match context {
+            Some(ctx) if !ctx.is_none() => ctx.unbind(),
+            _ => context::copy_current(py)?,
+        };
+        Ok(Handle::create(
+            callback.clone().unbind(),
+            args.clone().unbind(),
+            slf.clone().into_any().unbind(),
+            context,
+            source_traceback,
+        ))
+    }
+
+    fn schedule_ready(&self, handle: Py<Handle>) -> PyResult<()> {
+        let mut core = self.core();
+        if core.poller.is_none() {
+            return Err(closed_error());
+        }
+        core.ready.push_back(handle);
+        Ok(())
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = &self.core().waker {
+            waker.wake();
+        }
+    }
+
+    /// Phase 1: drop cancelled timers at the head of the heap, compact it when most of it is
+    /// cancelled, and compute how long the poll may block.
+    fn poll_timeout(&self, py: Python<'_>, garbage: &mut Vec<Py<TimerHandle>>) -> Option<Duration> {
+        let mut core = self.core();
+        let core = &mut *core;
+        if core.timers.len() > MIN_TIMERS_TO_COMPACT
+            && core.cancelled_timers * 2 > core.timers.len()
+        {
+            garbage.extend(core.timers.retain(|t| !t.borrow(py).as_super().is_cancelled()));
+            for timer in garbage.iter() {
+                timer.borrow_mut(py).scheduled = false;
+            }
+            core.cancelled_timers = 0;
+        } else {
+            while let Some(timer) = core.timers.pop_if(|t| t.borrow(py).as_super().is_cancelled())
+            {
+                core.cancelled_timers = core.cancelled_timers.saturating_sub(1);
+                timer.borrow_mut(py).scheduled = false;
+                garbage.push(timer);
+            }
+        }
+        if !core.ready.is_empty() || self.stopping.load(Ordering::Relaxed) {
+            return Some(Duration::ZERO);
+        }
+        let deadline = core.timers.next_deadline()?;
+        let wait = (deadline - monotonic()).clamp(0.0, MAX_POLL_TIMEOUT);
+        Some(Duration::from_secs_f64(wait))
+    }
+
+    /// Phase 2: wait for I/O with the interpreter detached.
+    fn poll(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<()> {
+        let Some(poller) = self.core().poller.clone() else {
+            return Err(closed_error());
+        };
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let events: &mut Events = &mut events;
+        match py.detach(|| poller.wait(events, timeout)) {
+            Ok(()) => Ok(()),
+            // A signal arrived: let Python run its handlers (Ctrl-C raises KeyboardInterrupt
+            // here), then carry on with an empty event list.
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => py.check_signals(),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Phase 3: turn readiness into ready callbacks; cancelled watchers are unregistered.
+    fn dispatch_events(&self, py: Python<'_>, garbage: &mut Vec<Py<Handle>>) -> PyResult<()> {
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let mut core = self.core();
+        for event in events.iter() {
+            if event.token == WAKER_TOKEN {
+                if let Some(waker) = &core.waker {
+                    waker.drain();
+                }
+                continue;
+            }
+            let fd = event.token as RawFd;
+            for (write, fired) in [(false, event.readable), (true, event.writable)] {
+                if !fired {
+                    continue;
+                }
+                let Some(handle) = core.watchers(write).get(&fd) else {
+                    continue;
+                };
+                if handle.borrow(py).is_cancelled() {
+                    let before = core.interest(fd);
+                    if let Some(old) = core.watchers(write).remove(&fd) {
+                        garbage.push(old);
+                    }
+                    core.sync_interest(fd, before)?;
+                } else {
+                    let handle = handle.clone_ref(py);
+                    core.ready.push_back(handle);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Phase 4: move due timers to the ready queue, earliest first.
+    fn collect_due_timers(&self, py: Python<'_>, garbage: &mut Vec<Py<TimerHandle>>) {
+        let now = monotonic();
+        let mut core = self.core();
+        while let Some(timer) = core.timers.pop_due(now) {
+            let cancelled = {
+                let mut t = timer.borrow_mut(py);
+                t.scheduled = false;
+                t.as_super().is_cancelled()
+            };
+            if cancelled {
+                core.cancelled_timers = core.cancelled_timers.saturating_sub(1);
+                garbage.push(timer);
+            } else {
+                let handle: Py<Handle> = timer.into_bound(py).into_super().unbind();
+                core.ready.push_back(handle);
+            }
+        }
+    }
+
+    /// Phase 5: run exactly the callbacks that are ready now; new ones wait for the next
+    /// iteration.
+    fn run_ready(slf: &Bound<'_, Self>, py: Python<'_>) -> PyResult<()> {
+        let this = slf.get();
+        let count = this.core().ready.len();
+        let debug = this.is_debug();
+        for _ in 0..count {
+            let Some(handle) = this.core().ready.pop_front() else {
+                break;
+            };
+            let handle = handle.into_bound(py);
+            if debug {
+                Self::run_timed(slf, py, &handle)?;
+            } else {
+                handle::run(py, &handle)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Phase 6 (debug mode): time the callback and warn past `slow_callback_duration`.
+    fn run_timed(slf: &Bound<'_, Self>, py: Python<'_>, handle: &Bound<'_, Handle>) -> PyResult<()> {
+        slf.setattr("_current_handle", handle)?;
+        let start = monotonic();
+        let result = handle::run(py, handle);
+        let elapsed = monotonic() - start;
+        slf.setattr("_current_handle", py.None())?;
+        result?;
+        let limit: f64 = slf.getattr("slow_callback_duration")?.extract()?;
+        if elapsed >= limit {
+            slf.call_method1("_log_slow_callback", (handle, elapsed))?;
+        }
+        Ok(())
+    }
+
+    fn run_once_impl(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let mut dead_timers = Vec::new();
+        let mut dead_handles = Vec::new();
+        let timeout = this.poll_timeout(py, &mut dead_timers);
+        this.poll(py, timeout)?;
+        this.dispatch_events(py, &mut dead_handles)?;
+        this.collect_due_timers(py, &mut dead_timers);
+        // Dropped here, outside the lock, as the `Core` invariant requires.
+        drop(dead_timers);
+        drop(dead_handles);
+        Self::run_ready(slf, py)
+    }
+
+    fn add_watcher(
+        slf: &Bound<'_, Self>,
+        write: bool,
+        fileobj: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        let this = slf.get();
+        this.check_closed()?;
+        let fd = fd_of(fileobj)?;
+        let method = if write { "add_writer" } else { "add_reader" };
+        let traceback = Self::debug_checks(slf, callback, method, true)?;
+        let handle = Py::new(slf.py(), Self::new_handle(slf, callback, args, None, traceback)?)?;
+        let previous = {
+            let mut core = this.core();
+            if core.poller.is_none() {
+                return Err(closed_error());
+            }
+            let before = core.interest(fd);
+            let previous = core.watchers(write).insert(fd, handle.clone_ref(slf.py()));
+            if let Err(err) = core.sync_interest(fd, before) {
+                // Leave the registration as it was: the kernel refused the fd (a regular file
+                // gives EPERM, as with `selectors.EpollSelector`).
+                match previous {
+                    Some(prev) => core.watchers(write).insert(fd, prev),
+                    None => core.watchers(write).remove(&fd),
+                };
+                return Err(err.into());
+            }
+            previous
+        };
+        if let Some(previous) = previous {
+            previous.borrow_mut(slf.py()).mark_cancelled(slf.py(), None);
+        }
+        Ok(handle)
+    }
+
+    fn remove_watcher(
+        slf: &Bound<'_, Self>,
+        write: bool,
+        fileobj: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        let this = slf.get();
+        let fd = fd_of(fileobj)?;
+        if this.closed.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let removed = {
+            let mut core = this.core();
+            let before = core.interest(fd);
+            let removed = core.watchers(write).remove(&fd);
+            if removed.is_some() {
+                core.sync_interest(fd, before)?;
+            }
+            removed
+        };
+        match removed {
+            Some(handle) => {
+                handle.borrow_mut(slf.py()).mark_cancelled(slf.py(), None);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn call_at_impl(
+        slf: &Bound<'_, Self>,
+        when: f64,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let this = slf.get();
+        this.check_closed()?;
+        let traceback = Self::debug_checks(slf, callback, "call_at", true)?;
+        let base = Self::new_handle(slf, callback, args, context, traceback)?;
+        let init = PyClassInitializer::from(base).add_subclass(TimerHandle::create(when));
+        let timer = Py::new(slf.py(), init)?;
+        let mut core = this.core();
+        if core.poller.is_none() {
+            return Err(closed_error());
+        }
+        core.timers.push(when, timer.clone_ref(slf.py()));
+        Ok(timer)
+    }
+}
+
+/// A deadline or delay argument, with asyncio's error for `None`.
+fn seconds(value: &Bound<'_, PyAny>, none_message: &str) -> PyResult<f64> {
+    if value.is_none() {
+        return Err(PyTypeError::new_err(none_message.to_owned()));
+    }
+    value.extract::<f64>()
+}
+
+#[pymethods]
+impl EventLoop {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let poller = Arc::new(Poller::new()?);
+        let waker = Arc::new(Waker::new()?);
+        poller.add(
+            std::os::fd::AsRawFd::as_raw_fd(&*waker),
+            WAKER_TOKEN,
+            Interest {
+                readable: true,
+                writable: false,
+            },
+        )?;
+        Ok(Self {
+            core: Mutex::new(Core {
+                ready: VecDeque::new(),
+                timers: TimerHeap::new(),
+                cancelled_timers: 0,
+                readers: HashMap::new(),
+                writers: HashMap::new(),
+                poller: Some(poller),
+                waker: Some(waker),
+            }),
+            events: Mutex::new(Events::with_capacity(EVENTS_CAPACITY)),
+            stopping: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            debug: AtomicBool::new(false),
+            thread_id: AtomicU64::new(0),
+        })
+    }
+
+    /// `time.monotonic()`, the loop's clock.
+    fn time(&self) -> f64 {
+        monotonic()
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let this = slf.get();
+        this.check_closed()?;
+        let traceback = Self::debug_checks(slf, callback, "call_soon", true)?;
+        let handle = Py::new(slf.py(), Self::new_handle(slf, callback, args, context, traceback)?)?;
+        this.schedule_ready(handle.clone_ref(slf.py()))?;
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let this = slf.get();
+        this.check_closed()?;
+        let traceback = Self::debug_checks(slf, callback, "call_soon_threadsafe", false)?;
+        let handle = Py::new(slf.py(), Self::new_handle(slf, callback, args, context, traceback)?)?;
+        this.schedule_ready(handle.clone_ref(slf.py()))?;
+        this.wake();
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later(
+        slf: &Bound<'_, Self>,
+        delay: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let delay = seconds(delay, "delay must not be None")?;
+        Self::call_at_impl(slf, monotonic() + delay, callback, args, context)
+    }
+
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at(
+        slf: &Bound<'_, Self>,
+        when: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let when = seconds(when, "when cannot be None")?;
+        Self::call_at_impl(slf, when, callback, args, context)
+    }
+
+    /// Counts a cancelled timer that is still in the heap (asyncio's hook of the same name).
+    fn _timer_handle_cancelled(&self, py: Python<'_>, handle: &Bound<'_, TimerHandle>) {
+        if handle.borrow().scheduled {
+            let _ = py;
+            self.core().cancelled_timers += 1;
+        }
+    }
+
+    /// Queues an existing handle (a signal handler's) for the next iteration.
+    fn _schedule_handle(&self, handle: Py<Handle>) -> PyResult<()> {
+        self.schedule_ready(handle)?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Wakes a blocked poll (asyncio's `_write_to_self`).
+    fn _write_to_self(&self) {
+        self.wake();
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_reader(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        Self::add_watcher(slf, false, fd, callback, args)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_writer(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        Self::add_watcher(slf, true, fd, callback, args)
+    }
+
+    fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_watcher(slf, false, fd)
+    }
+
+    fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_watcher(slf, true, fd)
+    }
+
+    /// Whether `fd` has a reader (asyncio's selector keeps this in its key map).
+    fn _has_reader(&self, fd: RawFd) -> bool {
+        self.core().readers.contains_key(&fd)
+    }
+
+    fn _has_writer(&self, fd: RawFd) -> bool {
+        self.core().writers.contains_key(&fd)
+    }
+
+    /// One iteration; `run_forever` is a loop over this.
+    fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::run_once_impl(slf)
+    }
+
+    /// Runs iterations until `stop()`. The Python subclass wraps this with the set-up asyncio
+    /// does around it (running-loop registration, async generator hooks).
+    fn _run_forever(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        this.thread_id.store(current_thread_id(), Ordering::Relaxed);
+        let result = loop {
+            if let Err(err) = Self::run_once_impl(slf) {
+                break Err(err);
+            }
+            if this.stopping.load(Ordering::Relaxed) {
+                break Ok(());
+            }
+        };
+        this.stopping.store(false, Ordering::Relaxed);
+        this.thread_id.store(0, Ordering::Relaxed);
+        result
+    }
+
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    fn is_running(&self) -> bool {
+        self.thread_id.load(Ordering::Relaxed) != 0
+    }
+
+    #[getter]
+    fn _thread_id(&self) -> Option<u64> {
+        match self.thread_id.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    #[getter]
+    fn _stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    fn get_debug(&self) -> bool {
+        self.is_debug()
+    }
+
+    fn _set_debug_flag(&self, enabled: bool) {
+        self.debug.store(enabled, Ordering::Relaxed);
+    }
+
+    /// Pending ready callbacks and timers, for tests and introspection.
+    fn _pending_counts(&self) -> (usize, usize) {
+        let core = self.core();
+        (core.ready.len(), core.timers.len())
+    }
+
+    /// Marks the loop closed and releases its callbacks, watchers, epoll fd and eventfd.
+    fn _close(&self) {
+        if self.closed.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let released = {
+            let mut core = self.core();
+            let ready: Vec<_> = core.ready.drain(..).collect();
+            let timers = core.timers.drain();
+            let readers: Vec<_> = core.readers.drain().map(|(_, h)| h).collect();
+            let writers: Vec<_> = core.writers.drain().map(|(_, h)| h).collect();
+            let poller = core.poller.take();
+            let waker = core.waker.take();
+            (ready, timers, readers, writers, poller, waker)
+        };
+        drop(released);
+    }
+}

@@ -1,0 +1,384 @@
+//! asyncio's callback handles: `Handle` (scheduled by `call_soon`) and `TimerHandle` (by
+//! `call_at`/`call_later`), with the attributes and repr that asyncio code reads.
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::gc::{PyTraverseError, PyVisit};
+use pyo3::prelude::*;
+use pyo3::pyclass::CompareOp;
+use pyo3::types::{PyDict, PyTuple};
+use pyo3::PyClassInitializer;
+
+use crate::context;
+use crate::stdlib;
+
+/// A callback with its arguments and `contextvars.Context`, ready to run once.
+///
+/// Invariant: once `cancelled` is set, `callback` and `args` are `None` and the handle never
+/// runs again (asyncio drops them so that cancelling breaks reference cycles).
+#[pyclass(subclass, module = "oxio._oxio")]
+pub struct Handle {
+    callback: Option<Py<PyAny>>,
+    args: Option<Py<PyTuple>>,
+    context: Option<Py<PyAny>>,
+    loop_: Option<Py<PyAny>>,
+    cancelled: bool,
+    /// The repr frozen at cancellation in debug mode, as asyncio does, so a cancelled handle
+    /// still says what it was.
+    frozen_repr: Option<String>,
+    /// `extract_stack()` of the scheduling call, captured in debug mode only.
+    #[pyo3(get, name = "_source_traceback")]
+    source_traceback: Option<Py<PyAny>>,
+}
+
+impl Handle {
+    pub fn create(
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        loop_: Py<PyAny>,
+        context: Py<PyAny>,
+        source_traceback: Option<Py<PyAny>>,
+    ) -> Self {
+        Self {
+            callback: Some(callback),
+            args: Some(args),
+            context: Some(context),
+            loop_: Some(loop_),
+            cancelled: false,
+            frozen_repr: None,
+            source_traceback,
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled
+    }
+
+    pub fn mark_cancelled(&mut self, py: Python<'_>, repr: Option<String>) {
+        if self.cancelled {
+            return;
+        }
+        self.cancelled = true;
+        self.frozen_repr = repr;
+        // Dropping these inside a pyclass borrow is safe: any `__del__` they trigger may touch
+        // other objects but not this handle's borrow, which only guards plain fields.
+        let _ = py;
+        self.callback = None;
+        self.args = None;
+    }
+
+    fn loop_ref(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.loop_.as_ref().map(|l| l.clone_ref(py))
+    }
+
+    /// The pieces of `repr(handle)`, asyncio's `_repr_info()`.
+    fn repr_parts(&self, py: Python<'_>, class_name: &str) -> PyResult<Vec<String>> {
+        let mut info = vec![class_name.to_owned()];
+        if self.cancelled {
+            info.push("cancelled".to_owned());
+        }
+        if let (Some(cb), Some(args)) = (&self.callback, &self.args) {
+            let source = stdlib::format_callback_source(py, cb.bind(py), args.bind(py))?;
+            info.push(source);
+        }
+        if let Some(tb) = &self.source_traceback {
+            if let Some(line) = stdlib::frame_location(py, tb.bind(py))? {
+                info.push(format!("created at {line}"));
+            }
+        }
+        Ok(info)
+    }
+}
+
+/// Whether the handle's loop is in debug mode; asyncio freezes a cancelled handle's repr then.
+fn loop_is_debug(py: Python<'_>, loop_: Option<&Py<PyAny>>) -> bool {
+    loop_
+        .and_then(|l| l.bind(py).call_method0("get_debug").ok())
+        .and_then(|d| d.is_truthy().ok())
+        .unwrap_or(false)
+}
+
+/// Runs `handle` in its context. Exceptions other than `SystemExit`/`KeyboardInterrupt` go to
+/// the loop's exception handler, as asyncio's `Handle._run` sends them.
+pub fn run(py: Python<'_>, handle: &Bound<'_, Handle>) -> PyResult<()> {
+    let (callback, args, ctx) = {
+        let this = handle.borrow();
+        match (&this.callback, &this.args, &this.context) {
+            (Some(cb), Some(args), Some(ctx)) if !this.cancelled => {
+                (cb.clone_ref(py), args.clone_ref(py), ctx.clone_ref(py))
+            }
+            _ => return Ok(()),
+        }
+    };
+    let result = context::run_in(py, ctx.bind(py), callback.bind(py), args.bind(py));
+    match result {
+        Ok(()) => Ok(()),
+        Err(err)
+            if err.is_instance_of::<PySystemExit>(py)
+                || err.is_instance_of::<PyKeyboardInterrupt>(py) =>
+        {
+            Err(err)
+        }
+        Err(err) => report_callback_error(py, handle, &callback, &args, err),
+    }
+}
+
+fn report_callback_error(
+    py: Python<'_>,
+    handle: &Bound<'_, Handle>,
+    callback: &Py<PyAny>,
+    args: &Py<PyTuple>,
+    err: PyErr,
+) -> PyResult<()> {
+    let (loop_, traceback) = {
+        let this = handle.borrow();
+        let Some(loop_) = this.loop_.as_ref().map(|l| l.clone_ref(py)) else {
+            return Err(err);
+        };
+        (loop_, this.source_traceback.as_ref().map(|t| t.clone_ref(py)))
+    };
+    let source = stdlib::format_callback_source(py, callback.bind(py), args.bind(py))?;
+    let context = PyDict::new(py);
+    context.set_item("message", format!("Exception in callback {source}"))?;
+    context.set_item("exception", err.value(py))?;
+    context.set_item("handle", handle)?;
+    if let Some(tb) = traceback {
+        context.set_item("source_traceback", tb)?;
+    }
+    loop_
+        .bind(py)
+        .call_method1("call_exception_handler", (context,))?;
+    Ok(())
+}
+
+#[pymethods]
+impl Handle {
+    #[new]
+    #[pyo3(signature = (callback, args, r#loop, context=None))]
+    fn py_new(
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        #[allow(unused_variables)] r#loop: Py<PyAny>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        let context = match context {
+            Some(ctx) => ctx,
+            None => context::copy_current(py)?,
+        };
+        Ok(Self::create(callback, args, r#loop, context, None))
+    }
+
+    fn cancel(slf: &Bound<'_, Self>, py: Python<'_>) -> PyResult<()> {
+        let loop_ = {
+            let this = slf.borrow();
+            if this.cancelled {
+                return Ok(());
+            }
+            this.loop_ref(py)
+        };
+        let repr = if loop_is_debug(py, loop_.as_ref()) {
+            Some(slf.repr()?.extract::<String>()?)
+        } else {
+            None
+        };
+        slf.borrow_mut().mark_cancelled(py, repr);
+        Ok(())
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancelled
+    }
+
+    fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.context.as_ref().map(|c| c.clone_ref(py))
+    }
+
+    fn _run(slf: &Bound<'_, Self>, py: Python<'_>) -> PyResult<()> {
+        run(py, slf)
+    }
+
+    #[getter(_callback)]
+    fn callback_attr(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.callback.as_ref().map(|c| c.clone_ref(py))
+    }
+
+    #[getter(_args)]
+    fn args_attr(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.args.as_ref().map(|a| a.clone_ref(py))
+    }
+
+    #[getter(_loop)]
+    fn loop_attr(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.loop_.as_ref().map(|l| l.clone_ref(py))
+    }
+
+    #[getter(_context)]
+    fn context_attr(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.context.as_ref().map(|c| c.clone_ref(py))
+    }
+
+    #[getter(_cancelled)]
+    fn cancelled_attr(&self) -> bool {
+        self.cancelled
+    }
+
+    fn _repr_info(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        self.repr_parts(py, "Handle")
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        if let Some(repr) = &self.frozen_repr {
+            return Ok(repr.clone());
+        }
+        Ok(format!("<{}>", self.repr_parts(py, "Handle")?.join(" ")))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.callback)?;
+        visit.call(&self.args)?;
+        visit.call(&self.context)?;
+        visit.call(&self.loop_)?;
+        visit.call(&self.source_traceback)?;
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.callback = None;
+        self.args = None;
+        self.context = None;
+        self.loop_ = None;
+        self.source_traceback = None;
+    }
+}
+
+/// A handle that fires at an absolute loop time.
+#[pyclass(extends = Handle, subclass, module = "oxio._oxio")]
+pub struct TimerHandle {
+    when: f64,
+    /// True while the handle sits in the loop's timer heap.
+    #[pyo3(get, set, name = "_scheduled")]
+    pub scheduled: bool,
+}
+
+impl TimerHandle {
+    pub fn create(when: f64) -> Self {
+        Self {
+            when,
+            scheduled: true,
+        }
+    }
+
+    pub fn deadline(&self) -> f64 {
+        self.when
+    }
+}
+
+#[pymethods]
+impl TimerHandle {
+    #[new]
+    #[pyo3(signature = (when, callback, args, r#loop, context=None))]
+    fn py_new(
+        py: Python<'_>,
+        when: f64,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        r#loop: Py<PyAny>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<PyClassInitializer<Self>> {
+        let base = Handle::py_new(py, callback, args, r#loop, context)?;
+        Ok(PyClassInitializer::from(base).add_subclass(Self {
+            when,
+            scheduled: false,
+        }))
+    }
+
+    fn when(&self) -> f64 {
+        self.when
+    }
+
+    #[getter(_when)]
+    fn when_attr(&self) -> f64 {
+        self.when
+    }
+
+    /// Cancels the timer and tells the loop, which counts cancelled timers to know when to
+    /// compact its heap (asyncio's `_timer_handle_cancelled`).
+    fn cancel(slf: &Bound<'_, Self>, py: Python<'_>) -> PyResult<()> {
+        let (loop_, scheduled) = {
+            let this = slf.borrow();
+            let base = this.as_super();
+            if base.cancelled {
+                return Ok(());
+            }
+            (base.loop_ref(py), this.scheduled)
+        };
+        let repr = if loop_is_debug(py, loop_.as_ref()) {
+            Some(slf.repr()?.extract::<String>()?)
+        } else {
+            None
+        };
+        if let (Some(loop_), true) = (&loop_, scheduled) {
+            loop_
+                .bind(py)
+                .call_method1("_timer_handle_cancelled", (slf,))?;
+        }
+        slf.borrow_mut().as_super().mark_cancelled(py, repr);
+        Ok(())
+    }
+
+    fn _repr_info(slf: PyRef<'_, Self>, py: Python<'_>) -> PyResult<Vec<String>> {
+        let mut info = slf.as_super().repr_parts(py, "TimerHandle")?;
+        info.insert(1, format!("when={}", stdlib::float_repr(py, slf.when)?));
+        Ok(info)
+    }
+
+    fn __repr__(slf: PyRef<'_, Self>, py: Python<'_>) -> PyResult<String> {
+        if let Some(repr) = &slf.as_super().frozen_repr {
+            return Ok(repr.clone());
+        }
+        Ok(format!("<{}>", Self::_repr_info(slf, py)?.join(" ")))
+    }
+
+    fn __hash__(&self) -> u64 {
+        // asyncio hashes a TimerHandle by its deadline.
+        let bits = self.when.to_bits();
+        bits ^ (bits >> 32)
+    }
+
+    fn __richcmp__(
+        slf: PyRef<'_, Self>,
+        other: &Bound<'_, PyAny>,
+        op: CompareOp,
+        py: Python<'_>,
+    ) -> PyResult<Py<PyAny>> {
+        let Ok(other) = other.cast::<TimerHandle>() else {
+            return Ok(py.NotImplemented());
+        };
+        let other = other.borrow();
+        let result = match op {
+            CompareOp::Lt => slf.when < other.when,
+            CompareOp::Le => slf.when < other.when || timer_eq(&slf, &other, py),
+            CompareOp::Gt => slf.when > other.when,
+            CompareOp::Ge => slf.when > other.when || timer_eq(&slf, &other, py),
+            CompareOp::Eq => timer_eq(&slf, &other, py),
+            CompareOp::Ne => !timer_eq(&slf, &other, py),
+        };
+        Ok(pyo3::types::PyBool::new(py, result).to_owned().into_any().unbind())
+    }
+}
+
+/// asyncio's `TimerHandle.__eq__`: same deadline, callback, arguments and cancellation state.
+fn timer_eq(a: &PyRef<'_, TimerHandle>, b: &PyRef<'_, TimerHandle>, py: Python<'_>) -> bool {
+    let (ha, hb) = (a.as_super(), b.as_super());
+    let same = |x: &Option<Py<PyAny>>, y: &Option<Py<PyAny>>| match (x, y) {
+        (Some(x), Some(y)) => x.bind(py).eq(y.bind(py)).unwrap_or(false),
+        (None, None) => true,
+        _ => false,
+    };
+    let same_args = match (&ha.args, &hb.args) {
+        (Some(x), Some(y)) => x.bind(py).eq(y.bind(py)).unwrap_or(false),
+        (None, None) => true,
+        _ => false,
+    };
+    a.when == b.when && same(&ha.callback, &hb.callback) && same_args && ha.cancelled == hb.cancelled
+}

@@ -1,0 +1,18 @@
+//! `oxio._oxio`: the PyO3 face of the oxio engine. Every `#[pyclass]` of the project lives in
+//! this crate; the engine (`oxio-core`) stays free of Python.
+
+mod context;
+mod event_loop;
+mod fd;
+mod handle;
+mod stdlib;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<event_loop::EventLoop>()?;
+    m.add_class::<handle::Handle>()?;
+    m.add_class::<handle::TimerHandle>()?;
+    Ok(())
+}

@@ -1,0 +1,208 @@
+"""call_soon, call_later, call_at and their handles, on both loops."""
+
+import asyncio
+import contextvars
+import threading
+import time
+
+import pytest
+
+
+def test_call_soon_runs_fifo_with_args(loop):
+    seen = []
+    for i in range(5):
+        loop.call_soon(seen.append, i)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == [0, 1, 2, 3, 4]
+
+
+def test_callbacks_scheduled_while_running_wait_for_next_iteration(loop):
+    order = []
+
+    def first():
+        order.append("first")
+        loop.call_soon(order.append, "scheduled-by-first")
+
+    loop.call_soon(first)
+    loop.call_soon(order.append, "second")
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    # stop() ends the loop after the current iteration: the late callback has not run yet.
+    assert order == ["first", "second"]
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert order == ["first", "second", "scheduled-by-first"]
+
+
+def test_cancelled_handle_never_runs(loop):
+    seen = []
+    handle = loop.call_soon(seen.append, "soon")
+    timer = loop.call_later(0, seen.append, "later")
+    handle.cancel()
+    timer.cancel()
+    assert handle.cancelled() and timer.cancelled()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert seen == []
+
+
+def test_call_later_zero_returns_timer_handle(loop):
+    handle = loop.call_later(0, lambda: None)
+    assert type(handle).__name__ == "TimerHandle"
+    assert handle.when() == handle._when
+    assert handle.when() <= loop.time()
+    handle.cancel()
+
+
+def test_timers_never_fire_early(loop):
+    lateness = []
+
+    def fire(when):
+        lateness.append(loop.time() - when)
+
+    for delay in (0.001, 0.002, 0.005, 0.01, 0.0005):
+        h = loop.call_later(delay, lambda: None)
+        h.cancel()
+        when = loop.time() + delay
+        loop.call_at(when, fire, when)
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert len(lateness) == 5
+    assert min(lateness) >= 0
+
+
+# asyncio's heapq leaves equal deadlines in arbitrary order; oxio promises FIFO (docs/compat.md).
+@pytest.mark.parametrize("loop_name", ["oxio"], indirect=True)
+def test_same_deadline_timers_fire_in_scheduling_order(loop):
+    when = loop.time() + 0.01
+    seen = []
+    for i in range(50):
+        loop.call_at(when, seen.append, i)
+    loop.run_until_complete(asyncio.sleep(0.03))
+    assert seen == list(range(50))
+
+
+def test_timer_order_by_deadline(loop):
+    seen = []
+    loop.call_later(0.03, seen.append, 3)
+    loop.call_later(0.01, seen.append, 1)
+    loop.call_later(0.02, seen.append, 2)
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert seen == [1, 2, 3]
+
+
+def test_time_is_monotonic_with_sub_millisecond_resolution(loop):
+    a = loop.time()
+    assert abs(a - time.monotonic()) < 0.01
+    readings = {loop.time() for _ in range(1000)}
+    assert len(readings) > 10
+
+
+@pytest.mark.parametrize("method", ["call_soon", "call_later", "call_at", "call_soon_threadsafe"])
+def test_context_argument(loop, method):
+    var = contextvars.ContextVar("var", default="unset")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "in-ctx")
+    seen = []
+    args = {"call_later": (0,), "call_at": (loop.time(),)}.get(method, ())
+    handle = getattr(loop, method)(*args, lambda: seen.append(var.get()), context=ctx)
+    assert handle._context is ctx  # get_context() arrived in 3.12
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert seen == ["in-ctx"]
+
+
+def test_default_context_is_a_copy(loop):
+    var = contextvars.ContextVar("var", default="unset")
+    var.set("outer")
+    seen = []
+
+    def cb():
+        seen.append(var.get())
+        var.set("changed-in-callback")
+
+    loop.call_soon(cb)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == ["outer"]
+    assert var.get() == "outer"
+
+
+def test_call_soon_threadsafe_wakes_the_loop(loop):
+    seen = []
+
+    def from_thread():
+        time.sleep(0.05)
+        loop.call_soon_threadsafe(seen.append, "woken")
+        loop.call_soon_threadsafe(loop.stop)
+
+    thread = threading.Thread(target=from_thread)
+    thread.start()
+    start = time.monotonic()
+    loop.run_forever()
+    thread.join()
+    assert seen == ["woken"]
+    assert time.monotonic() - start < 5
+
+
+def test_none_delay_and_when_raise_type_error(loop):
+    with pytest.raises(TypeError):
+        loop.call_later(None, lambda: None)
+    with pytest.raises(TypeError):
+        loop.call_at(None, lambda: None)
+
+
+def test_closed_loop_refuses_work(loop_factory):
+    loop = loop_factory()
+    loop.close()
+    loop.close()  # twice is fine
+    assert loop.is_closed()
+    for call in (
+        lambda: loop.call_soon(print),
+        lambda: loop.call_later(1, print),
+        lambda: loop.call_at(1, print),
+        lambda: loop.call_soon_threadsafe(print),
+        lambda: loop.run_forever(),
+    ):
+        with pytest.raises(RuntimeError, match="closed"):
+            call()
+    coro = asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.create_task(coro)
+    coro.close()
+
+
+def test_exception_in_callback_goes_to_handler(loop, loop_errors):
+    def boom():
+        raise ZeroDivisionError("boom")
+
+    handle = loop.call_soon(boom)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    (context,) = loop_errors.expect(1)
+    assert isinstance(context["exception"], ZeroDivisionError)
+    assert context["handle"] is handle
+    assert context["message"].startswith("Exception in callback ")
+
+
+def test_keyboard_interrupt_in_callback_propagates(loop):
+    def interrupt():
+        raise KeyboardInterrupt
+
+    loop.call_soon(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_forever()
+    assert not loop.is_running()
+
+
+def test_handle_repr_mentions_callback(loop):
+    def my_callback():
+        pass
+
+    handle = loop.call_soon(my_callback)
+    assert "my_callback" in repr(handle)
+    assert repr(handle).startswith("<Handle")
+    timer = loop.call_later(10, my_callback)
+    assert repr(timer).startswith("<TimerHandle when=")
+    handle.cancel()
+    timer.cancel()
+    assert "cancelled" in repr(handle)
