@@ -1,6 +1,7 @@
 """Debug-mode helpers called from the Rust base class: callback checks, stacks, slow callbacks."""
 
 import sys
+import time
 from asyncio import coroutines, format_helpers
 from asyncio.log import logger
 
@@ -9,6 +10,7 @@ class DebugMixin:
     """What asyncio does only when `loop.get_debug()` is true."""
 
     slow_callback_duration = 0.1
+    _clock_resolution = time.get_clock_info("monotonic").resolution
     _current_handle = None
 
     def _check_callback(self, callback, method):

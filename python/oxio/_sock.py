@@ -1,7 +1,8 @@
 """The loop's `sock_*` coroutines: try the socket now, else retry each time it becomes ready.
 
 Every operation has the same shape (asyncio's selector loop spells it out once per method):
-attempt it; on `BlockingIOError` watch the fd and attempt again when it is ready; finish the
+attempt it (looking the socket method up at each attempt, since tests and wrappers swap them);
+on `BlockingIOError` watch the fd and attempt again when it is ready; finish the
 future with the result or the error; unregister the watcher when the future is done, including
 when it is cancelled, so no watcher is left behind.
 """
@@ -52,20 +53,20 @@ class SockMixin:
 
     async def sock_recv(self, sock, n):
         self._check_sock(sock)
-        return await self._sock_io(sock, False, functools.partial(sock.recv, n))
+        return await self._sock_io(sock, False, lambda: sock.recv(n))
 
     async def sock_recv_into(self, sock, buf):
         self._check_sock(sock)
-        return await self._sock_io(sock, False, functools.partial(sock.recv_into, buf))
+        return await self._sock_io(sock, False, lambda: sock.recv_into(buf))
 
     async def sock_recvfrom(self, sock, bufsize):
         self._check_sock(sock)
-        return await self._sock_io(sock, False, functools.partial(sock.recvfrom, bufsize))
+        return await self._sock_io(sock, False, lambda: sock.recvfrom(bufsize))
 
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
         self._check_sock(sock)
         nbytes = nbytes or len(buf)
-        attempt = functools.partial(sock.recvfrom_into, buf, nbytes)
+        attempt = lambda: sock.recvfrom_into(buf, nbytes)
         return await self._sock_io(sock, False, attempt)
 
     async def sock_sendall(self, sock, data):
@@ -86,7 +87,7 @@ class SockMixin:
 
     async def sock_sendto(self, sock, data, address):
         self._check_sock(sock)
-        return await self._sock_io(sock, True, functools.partial(sock.sendto, data, address))
+        return await self._sock_io(sock, True, lambda: sock.sendto(data, address))
 
     async def sock_connect(self, sock, address):
         self._check_sock(sock)
@@ -103,7 +104,7 @@ class SockMixin:
                 raise OSError(err, f"Connect call failed {address}")
 
         return await self._sock_io(
-            sock, True, functools.partial(sock.connect, address), connect_result
+            sock, True, lambda: sock.connect(address), connect_result
         )
 
     async def _resolve_sock_address(self, sock, address):

@@ -1,0 +1,119 @@
+"""The scheduling workloads of `make bench`. Each returns the number of operations it did.
+
+Run in a fresh process per measurement by `run.py`:
+    python benches/workloads.py LOOP WORKLOAD
+prints one JSON line: operations, wall seconds, and CPU seconds of this process.
+"""
+
+import asyncio
+import json
+import sys
+import time
+
+
+async def call_soon(n=200_000):
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    remaining = n
+
+    def tick():
+        nonlocal remaining
+        remaining -= 1
+        if remaining:
+            loop.call_soon(tick)
+        else:
+            done.set_result(None)
+
+    # Ten chains in flight, so the ready queue holds more than one callback per iteration.
+    remaining = n
+    for _ in range(10):
+        loop.call_soon(tick)
+    await done
+    return n
+
+
+async def call_later(n=100_000):
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    fired = 0
+
+    def fire():
+        nonlocal fired
+        fired += 1
+        if fired == n:
+            done.set_result(None)
+
+    for i in range(n):
+        loop.call_later(0.001 * (i % 10), fire)
+        # Every other timer is cancelled before it fires, as timeouts usually are.
+        loop.call_later(0.001 * (i % 10), fire).cancel()
+    await done
+    return 2 * n
+
+
+async def sleep0(n=100_000):
+    for _ in range(n):
+        await asyncio.sleep(0)
+    return n
+
+
+async def gather(n=100_000):
+    async def noop():
+        pass
+
+    await asyncio.gather(*(noop() for _ in range(n)))
+    return n
+
+
+async def queue_ping_pong(n=50_000):
+    ping, pong = asyncio.Queue(), asyncio.Queue()
+
+    async def echo():
+        for _ in range(n):
+            pong.put_nowait(await ping.get())
+
+    task = asyncio.create_task(echo())
+    for i in range(n):
+        ping.put_nowait(i)
+        await pong.get()
+    await task
+    return n
+
+
+WORKLOADS = {
+    "call_soon": call_soon,
+    "call_later": call_later,
+    "sleep(0)": sleep0,
+    "gather 100k": gather,
+    "queue ping-pong": queue_ping_pong,
+}
+
+
+def new_loop(name):
+    if name == "asyncio":
+        return asyncio.new_event_loop()
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    if name == "oxio":
+        import oxio
+
+        return oxio.new_event_loop()
+    raise SystemExit(f"unknown loop {name}")
+
+
+def measure(loop_name, workload):
+    loop = new_loop(loop_name)
+    try:
+        loop.run_until_complete(WORKLOADS[workload](1000))  # warm-up
+        wall, cpu = time.perf_counter(), time.process_time()
+        ops = loop.run_until_complete(WORKLOADS[workload]())
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        loop.close()
+    return {"ops": ops, "wall": wall, "cpu": cpu}
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(sys.argv[1], sys.argv[2])))
