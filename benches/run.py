@@ -86,8 +86,11 @@ def main():
 
 def print_table(results, loops):
     print()
-    print("| workload | " + " | ".join(f"{loop} ops/s (min-max)" for loop in loops)
-          + " | oxio ops/CPU-s | oxio/asyncio | oxio/uvloop |")
+    print(
+        "| workload | "
+        + " | ".join(f"{loop} ops/s (min-max)" for loop in loops)
+        + " | oxio ops/CPU-s | oxio/asyncio | oxio/uvloop |"
+    )
     print("|---" * (len(loops) + 4) + "|")
     for workload, row in results.items():
         cells = [
@@ -109,7 +112,7 @@ def write_outputs(results, loops, opts):
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
     meta = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {platform.processor() or 'unknown cpu'}",
         "rounds": opts.rounds,

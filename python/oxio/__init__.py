@@ -8,12 +8,10 @@ Switch a program to it with one line::
 """
 
 import asyncio
-import sys
-
 from asyncio import coroutines, events
 
-from .loop import Loop
 from ._oxio import Handle, TimerHandle
+from .loop import Loop
 
 __all__ = [
     "EventLoopPolicy",
@@ -56,7 +54,3 @@ def run(main, *, debug=None):
         raise ValueError(f"a coroutine was expected, got {main!r}")
     with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
         return runner.run(main)
-
-
-if sys.version_info < (3, 11):  # pragma: no cover - refused by pyproject's requires-python
-    raise ImportError("oxio needs Python 3.11 or newer")

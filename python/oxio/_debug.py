@@ -17,9 +17,7 @@ class DebugMixin:
         if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
             raise TypeError(f"coroutines cannot be used with {method}()")
         if not callable(callback):
-            raise TypeError(
-                f"a callable object was expected by {method}(), got {callback!r}"
-            )
+            raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")
 
     def _extract_stack(self):
         # Frame 0 is this method; frame 1 is the user code that called call_soon() & co, which
@@ -38,14 +36,10 @@ class DebugMixin:
         if bool(enabled) == bool(self._coroutine_origin_tracking_enabled):
             return
         if enabled:
-            self._coroutine_origin_tracking_saved_depth = (
-                sys.get_coroutine_origin_tracking_depth()
-            )
+            self._coroutine_origin_tracking_saved_depth = sys.get_coroutine_origin_tracking_depth()
             sys.set_coroutine_origin_tracking_depth(30)
         else:
-            sys.set_coroutine_origin_tracking_depth(
-                self._coroutine_origin_tracking_saved_depth
-            )
+            sys.set_coroutine_origin_tracking_depth(self._coroutine_origin_tracking_saved_depth)
         self._coroutine_origin_tracking_enabled = enabled
 
     _coroutine_origin_tracking_enabled = False

@@ -1,7 +1,6 @@
 """The exception-handler API of the loop, with asyncio's message format."""
 
 import traceback
-
 from asyncio.log import logger
 
 from . import _compat
@@ -27,11 +26,7 @@ class ExceptionHandlerMixin:
             exc_info = False
 
         current = self._current_handle
-        if (
-            "source_traceback" not in context
-            and current is not None
-            and current._source_traceback
-        ):
+        if "source_traceback" not in context and current is not None and current._source_traceback:
             context["handle_traceback"] = current._source_traceback
 
         lines = [message]

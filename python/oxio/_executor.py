@@ -4,7 +4,6 @@ import concurrent.futures
 import socket
 import threading
 import warnings
-
 from asyncio import futures, timeouts
 
 
@@ -48,8 +47,7 @@ class ExecutorMixin:
                 await future
         except TimeoutError:
             warnings.warn(
-                "The executor did not finishing joining "
-                f"its threads within {timeout} seconds.",
+                f"The executor did not finishing joining its threads within {timeout} seconds.",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -92,4 +90,3 @@ def _set_result_unless_done(future, result):
 def _set_exception_unless_done(future, exc):
     if not future.done():
         future.set_exception(exc)
-

@@ -8,7 +8,6 @@ wake-up socket, which the loop reads like any other fd.
 import errno
 import signal
 import socket
-
 from asyncio import coroutines
 from asyncio.log import logger
 

@@ -11,7 +11,6 @@ import errno
 import functools
 import os
 import socket
-
 from asyncio import exceptions
 
 try:
@@ -66,8 +65,7 @@ class SockMixin:
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
         self._check_sock(sock)
         nbytes = nbytes or len(buf)
-        attempt = lambda: sock.recvfrom_into(buf, nbytes)
-        return await self._sock_io(sock, False, attempt)
+        return await self._sock_io(sock, False, lambda: sock.recvfrom_into(buf, nbytes))
 
     async def sock_sendall(self, sock, data):
         self._check_sock(sock)
@@ -91,9 +89,7 @@ class SockMixin:
 
     async def sock_connect(self, sock, address):
         self._check_sock(sock)
-        if sock.family == socket.AF_INET or (
-            socket.has_ipv6 and sock.family == socket.AF_INET6
-        ):
+        if sock.family == socket.AF_INET or (socket.has_ipv6 and sock.family == socket.AF_INET6):
             address = await self._resolve_sock_address(sock, address)
 
         def connect_result():
@@ -103,18 +99,14 @@ class SockMixin:
             if err != 0:
                 raise OSError(err, f"Connect call failed {address}")
 
-        return await self._sock_io(
-            sock, True, lambda: sock.connect(address), connect_result
-        )
+        return await self._sock_io(sock, True, lambda: sock.connect(address), connect_result)
 
     async def _resolve_sock_address(self, sock, address):
         host, port = address[:2]
         flags = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
         try:
             # A literal address resolves without touching DNS, so it is done inline.
-            infos = socket.getaddrinfo(
-                host, port, sock.family, sock.type, sock.proto, flags
-            )
+            infos = socket.getaddrinfo(host, port, sock.family, sock.type, sock.proto, flags)
         except (socket.gaierror, UnicodeError, TypeError):
             infos = await self.getaddrinfo(
                 host, port, family=sock.family, type=sock.type, proto=sock.proto

@@ -4,7 +4,6 @@ import asyncio
 import sys
 import warnings
 import weakref
-
 from asyncio import coroutines, events, futures, tasks
 
 from . import _compat
@@ -155,6 +154,7 @@ class Loop(
                 f"loop.shutdown_asyncgens() call",
                 ResourceWarning,
                 source=self,
+                stacklevel=1,
             )
         self._asyncgens.add(agen)
 
@@ -170,7 +170,7 @@ class Loop(
         closing = list(self._asyncgens)
         self._asyncgens.clear()
         results = await tasks.gather(*[agen.aclose() for agen in closing], return_exceptions=True)
-        for result, agen in zip(results, closing):
+        for result, agen in zip(results, closing, strict=True):
             if isinstance(result, Exception):
                 self.call_exception_handler(
                     {
@@ -209,4 +209,3 @@ class Loop(
 def _stop_loop_when_done(fut):
     if fut._loop is not None:
         fut._loop.stop()
-

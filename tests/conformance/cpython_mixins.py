@@ -9,8 +9,14 @@ import os
 import selectors
 import unittest
 
-from test.test_asyncio import test_buffered_proto, test_events, test_sendfile
-from test.test_asyncio import test_server, test_sock_lowlevel, test_sslproto
+from test.test_asyncio import (
+    test_buffered_proto,
+    test_events,
+    test_sendfile,
+    test_server,
+    test_sock_lowlevel,
+    test_sslproto,
+)
 from test.test_asyncio import utils as test_utils
 
 import oxio

@@ -62,9 +62,17 @@ def run_target(name, args, loop):
         env = dict(os.environ, OXIO_CONFORMANCE_LOOP=loop)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
         cmd = [
-            sys.executable, "-m", "pytest", "-c", str(HERE / "pytest.ini"),
-            "-p", "oxio_conformance_plugin", f"--timeout={TIMEOUT_PER_TEST}",
-            f"--junitxml={report}", "-x" if False else "-q", *args,
+            sys.executable,
+            "-m",
+            "pytest",
+            "-c",
+            str(HERE / "pytest.ini"),
+            "-p",
+            "oxio_conformance_plugin",
+            f"--timeout={TIMEOUT_PER_TEST}",
+            f"--junitxml={report}",
+            "-x" if False else "-q",
+            *args,
         ]
         try:
             proc = subprocess.run(
@@ -167,8 +175,11 @@ def main():
     for problem in problems:
         print("CONFORMANCE:", problem)
     passed = sum(
-        1 for (n, loop), (outcomes, _) in results.items() if loop == "oxio"
-        for o in outcomes.values() if o == "pass"
+        1
+        for (n, loop), (outcomes, _) in results.items()
+        if loop == "oxio"
+        for o in outcomes.values()
+        if o == "pass"
     )
     failed = len(problems)
     print(f"conformance: {passed} passed, {failed} failed")

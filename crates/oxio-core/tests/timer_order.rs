@@ -57,5 +57,8 @@ fn clock_has_sub_millisecond_resolution() {
             last = now;
         }
     }
-    assert!(distinct > 10, "only {distinct} distinct clock readings in 2 ms");
+    assert!(
+        distinct > 10,
+        "only {distinct} distinct clock readings in 2 ms"
+    );
 }

@@ -109,7 +109,9 @@ impl EventLoop {
     fn core(&self) -> MutexGuard<'_, Core> {
         // A panic cannot happen while the lock is held (nothing in it can panic), but recover
         // from poisoning rather than crash the interpreter if one ever does.
-        self.core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.core
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn check_closed(&self) -> PyResult<()> {
@@ -195,13 +197,18 @@ impl EventLoop {
         if core.timers.len() > MIN_TIMERS_TO_COMPACT
             && core.cancelled_timers * 2 > core.timers.len()
         {
-            garbage.extend(core.timers.retain(|t| !t.borrow(py).as_super().is_cancelled()));
+            garbage.extend(
+                core.timers
+                    .retain(|t| !t.borrow(py).as_super().is_cancelled()),
+            );
             for timer in garbage.iter() {
                 timer.borrow_mut(py).scheduled = false;
             }
             core.cancelled_timers = 0;
         } else {
-            while let Some(timer) = core.timers.pop_if(|t| t.borrow(py).as_super().is_cancelled())
+            while let Some(timer) = core
+                .timers
+                .pop_if(|t| t.borrow(py).as_super().is_cancelled())
             {
                 core.cancelled_timers = core.cancelled_timers.saturating_sub(1);
                 timer.borrow_mut(py).scheduled = false;
@@ -307,7 +314,11 @@ impl EventLoop {
     }
 
     /// Phase 6 (debug mode): time the callback and warn past `slow_callback_duration`.
-    fn run_timed(slf: &Bound<'_, Self>, py: Python<'_>, handle: &Bound<'_, Handle>) -> PyResult<()> {
+    fn run_timed(
+        slf: &Bound<'_, Self>,
+        py: Python<'_>,
+        handle: &Bound<'_, Handle>,
+    ) -> PyResult<()> {
         slf.setattr("_current_handle", handle)?;
         let start = monotonic();
         let result = handle::run(py, handle);
@@ -348,7 +359,10 @@ impl EventLoop {
         let fd = fd_of(fileobj)?;
         let method = if write { "add_writer" } else { "add_reader" };
         let traceback = Self::debug_checks(slf, callback, method, true)?;
-        let handle = Py::new(slf.py(), Self::new_handle(slf, callback, args, None, traceback)?)?;
+        let handle = Py::new(
+            slf.py(),
+            Self::new_handle(slf, callback, args, None, traceback)?,
+        )?;
         let previous = {
             let mut core = this.core();
             if core.poller.is_none() {
@@ -479,7 +493,10 @@ impl EventLoop {
         let this = slf.get();
         this.check_closed()?;
         let traceback = Self::debug_checks(slf, callback, "call_soon", true)?;
-        let handle = Py::new(slf.py(), Self::new_handle(slf, callback, args, context, traceback)?)?;
+        let handle = Py::new(
+            slf.py(),
+            Self::new_handle(slf, callback, args, context, traceback)?,
+        )?;
         this.schedule_ready(handle.clone_ref(slf.py()))?;
         Ok(handle)
     }
@@ -494,7 +511,10 @@ impl EventLoop {
         let this = slf.get();
         this.check_closed()?;
         let traceback = Self::debug_checks(slf, callback, "call_soon_threadsafe", false)?;
-        let handle = Py::new(slf.py(), Self::new_handle(slf, callback, args, context, traceback)?)?;
+        let handle = Py::new(
+            slf.py(),
+            Self::new_handle(slf, callback, args, context, traceback)?,
+        )?;
         this.schedule_ready(handle.clone_ref(slf.py()))?;
         this.wake();
         Ok(handle)

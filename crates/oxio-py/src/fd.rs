@@ -12,10 +12,17 @@ pub fn fd_of(fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
         Err(_) => fileobj
             .call_method0("fileno")
             .and_then(|n| n.extract::<i64>())
-            .map_err(|_| PyValueError::new_err(format!("Invalid file object: {}", fileobj.repr().map(|r| r.to_string()).unwrap_or_default())))?,
+            .map_err(|_| {
+                PyValueError::new_err(format!(
+                    "Invalid file object: {}",
+                    fileobj.repr().map(|r| r.to_string()).unwrap_or_default()
+                ))
+            })?,
     };
     if fd < 0 || fd > RawFd::MAX as i64 {
-        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+        return Err(PyValueError::new_err(format!(
+            "Invalid file descriptor: {fd}"
+        )));
     }
     Ok(fd as RawFd)
 }

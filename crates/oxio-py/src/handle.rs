@@ -134,7 +134,10 @@ fn report_callback_error(
         let Some(loop_) = this.loop_.as_ref().map(|l| l.clone_ref(py)) else {
             return Err(err);
         };
-        (loop_, this.source_traceback.as_ref().map(|t| t.clone_ref(py)))
+        (
+            loop_,
+            this.source_traceback.as_ref().map(|t| t.clone_ref(py)),
+        )
     };
     let source = stdlib::format_callback_source(py, callback.bind(py), args.bind(py))?;
     let context = PyDict::new(py);
@@ -363,7 +366,10 @@ impl TimerHandle {
             CompareOp::Eq => timer_eq(&slf, &other, py),
             CompareOp::Ne => !timer_eq(&slf, &other, py),
         };
-        Ok(pyo3::types::PyBool::new(py, result).to_owned().into_any().unbind())
+        Ok(pyo3::types::PyBool::new(py, result)
+            .to_owned()
+            .into_any()
+            .unbind())
     }
 }
 
@@ -380,5 +386,8 @@ fn timer_eq(a: &PyRef<'_, TimerHandle>, b: &PyRef<'_, TimerHandle>, py: Python<'
         (None, None) => true,
         _ => false,
     };
-    a.when == b.when && same(&ha.callback, &hb.callback) && same_args && ha.cancelled == hb.cancelled
+    a.when == b.when
+        && same(&ha.callback, &hb.callback)
+        && same_args
+        && ha.cancelled == hb.cancelled
 }

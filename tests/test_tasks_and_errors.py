@@ -1,0 +1,219 @@
+"""Tasks, task factories, the exception-handler API, async generators and debug mode."""
+
+import asyncio
+import contextvars
+import logging
+import time
+
+import pytest
+
+
+def test_create_task_name_and_context(run, loop):
+    var = contextvars.ContextVar("var", default="unset")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "in-ctx")
+
+    async def read():
+        return var.get()
+
+    async def main():
+        task = loop.create_task(read(), name="reader", context=ctx)
+        assert task.get_name() == "reader"
+        return await task
+
+    assert run(main()) == "in-ctx"
+
+
+def test_task_factory_called_as_cpython_calls_it(run, loop):
+    calls = []
+
+    def factory(loop_, coro, **kwargs):
+        calls.append(sorted(kwargs))
+        return asyncio.Task(coro, loop=loop_, **kwargs)
+
+    loop.set_task_factory(factory)
+    assert loop.get_task_factory() is factory
+
+    async def main():
+        await loop.create_task(asyncio.sleep(0))
+        await loop.create_task(asyncio.sleep(0), context=contextvars.copy_context())
+        task = loop.create_task(asyncio.sleep(0), name="named")
+        await task
+        return task.get_name()
+
+    assert run(main()) == "named"
+    # The first call wraps main() itself, from run_until_complete().
+    assert calls == [[], [], ["context"], []]
+
+
+def test_two_argument_task_factory_still_works(run, loop):
+    loop.set_task_factory(lambda loop_, coro: asyncio.Task(coro, loop=loop_))
+    assert run(asyncio.sleep(0, "ok")) == "ok"
+
+
+def test_bad_task_factory_is_refused(loop):
+    with pytest.raises(TypeError, match="task factory must be a callable or None"):
+        loop.set_task_factory(42)
+
+
+def test_bad_exception_handler_is_refused(loop):
+    with pytest.raises(TypeError, match="A callable object or None is expected"):
+        loop.set_exception_handler(42)
+
+
+def test_default_exception_handler_logs_asyncio_format(loop, caplog):
+    loop.set_exception_handler(None)
+
+    def boom():
+        raise RuntimeError("kaput")
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        loop.call_soon(boom)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    (record,) = caplog.records
+    assert record.getMessage().startswith("Exception in callback ")
+    assert "boom" in record.getMessage()
+    assert "handle: <Handle" in record.getMessage()
+    assert record.exc_info[0] is RuntimeError
+
+
+def test_failing_custom_handler_falls_back_to_default(loop, caplog):
+    def bad_handler(loop_, context):
+        raise ValueError("handler broke")
+
+    loop.set_exception_handler(bad_handler)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        loop.call_exception_handler({"message": "original"})
+    (record,) = caplog.records
+    assert "Unhandled error in exception handler" in record.getMessage()
+    assert record.exc_info[0] is ValueError
+
+
+def test_unretrieved_task_exception_reaches_handler(loop, loop_errors):
+    async def fail():
+        raise KeyError("lost")
+
+    async def main():
+        loop.create_task(fail())
+        await asyncio.sleep(0.01)
+
+    loop.run_until_complete(main())
+    import gc
+
+    gc.collect()
+    (context,) = loop_errors.expect(1)
+    assert isinstance(context["exception"], KeyError)
+    assert context["message"] == "Task exception was never retrieved"
+
+
+def test_shutdown_asyncgens_closes_pending_generators(run, loop):
+    closed = []
+
+    async def gen():
+        try:
+            yield 1
+            yield 2
+        finally:
+            closed.append(True)
+
+    async def main():
+        agen = gen()
+        await agen.__anext__()
+        return agen
+
+    agen = run(main())
+    run(loop.shutdown_asyncgens())
+    assert closed == [True]
+    del agen
+
+
+def test_run_in_executor_and_shutdown(run, loop):
+    async def main():
+        result = await loop.run_in_executor(None, sum, [1, 2, 3])
+        await loop.shutdown_default_executor()
+        return result
+
+    assert run(main()) == 6
+    with pytest.raises(RuntimeError, match="Executor shutdown has been called"):
+        loop.run_in_executor(None, sum, [1])
+
+
+def test_set_default_executor_requires_thread_pool(loop):
+    with pytest.raises(TypeError, match="executor must be ThreadPoolExecutor"):
+        loop.set_default_executor(object())
+
+
+def test_getaddrinfo_and_getnameinfo(run, loop):
+    infos = run(loop.getaddrinfo("127.0.0.1", 80, type=0))
+    assert any(info[4][:2] == ("127.0.0.1", 80) for info in infos)
+    host, port = run(loop.getnameinfo(("127.0.0.1", 80), 0x02 | 0x01))
+    assert (host, port) == ("127.0.0.1", "80")
+
+
+def test_debug_mode_warns_about_slow_callbacks(loop, caplog):
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.01
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        loop.call_soon(time.sleep, 0.05)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("Executing <Handle") and "took" in m for m in messages), messages
+
+
+def test_debug_mode_rejects_coroutines_and_wrong_thread(loop):
+    loop.set_debug(True)
+
+    async def coro_fn():
+        pass
+
+    with pytest.raises(TypeError, match="coroutines cannot be used with call_soon"):
+        loop.call_soon(coro_fn)
+    with pytest.raises(TypeError, match="a callable object was expected by call_soon"):
+        loop.call_soon(42)
+
+    import threading
+
+    errors = []
+
+    async def main():
+        def other_thread():
+            try:
+                loop.call_soon(print)
+            except RuntimeError as exc:
+                errors.append(str(exc))
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        await loop.run_in_executor(None, thread.join)
+
+    loop.run_until_complete(main())
+    assert errors and "Non-thread-safe operation" in errors[0]
+
+
+def test_debug_records_source_traceback(loop):
+    loop.set_debug(True)
+    handle = loop.call_soon(print)
+    assert handle._source_traceback
+    assert handle._source_traceback[-1][2] == "test_debug_records_source_traceback"
+    handle.cancel()
+
+
+def test_debug_mode_from_environment(tmp_path):
+    import subprocess
+    import sys
+
+    script = "import oxio; l = oxio.new_event_loop(); print(l.get_debug()); l.close()"
+    for env, expected in (({"PYTHONASYNCIODEBUG": "1"}, "True"), ({}, "False")):
+        out = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            env={"PATH": "/usr/bin:/bin", **env},
+        )
+        assert out.stdout.strip() == expected, out.stderr
+    out = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", script], capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "True"
