@@ -27,7 +27,6 @@ class Loop(
     """An asyncio event loop whose scheduler, timers and I/O polling run in Rust."""
 
     def __init__(self):
-        self._task_factory = None
         self._asyncgens = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
         self.set_debug(coroutines._is_debug_mode())
@@ -109,15 +108,15 @@ class Loop(
 
     # -- futures and tasks -----------------------------------------------------------------
 
-    def create_future(self):
-        return futures.Future(loop=self)
+    # create_future, create_task, set_task_factory and get_task_factory are native.
 
-    def create_task(self, coro, *, name=None, context=None, **kwargs):
-        self._check_closed()
+    def _create_task_slow(self, coro, name, context, **kwargs):
+        """create_task() with a task factory or extra keywords, as CPython calls them."""
         if kwargs and not _compat.CREATE_TASK_FORWARDS_KWARGS:
             unexpected = next(iter(kwargs))
             raise TypeError(f"create_task() got an unexpected keyword argument '{unexpected}'")
-        if self._task_factory is None:
+        factory = self._task_factory
+        if factory is None:
             task = tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
             if task._source_traceback:
                 del task._source_traceback[-1]
@@ -127,23 +126,15 @@ class Loop(
                 kwargs["name"] = name
             if context is not None:
                 kwargs["context"] = context
-            return self._task_factory(self, coro, **kwargs)
+            return factory(self, coro, **kwargs)
         if context is None:
             # CPython calls factories that predate `context=` with two arguments.
-            task = self._task_factory(self, coro)
+            task = factory(self, coro)
         else:
-            task = self._task_factory(self, coro, context=context)
+            task = factory(self, coro, context=context)
         if name is not None:
             task.set_name(name)
         return task
-
-    def set_task_factory(self, factory):
-        if factory is not None and not callable(factory):
-            raise TypeError("task factory must be a callable or None")
-        self._task_factory = factory
-
-    def get_task_factory(self):
-        return self._task_factory
 
     # -- async generators ------------------------------------------------------------------
 

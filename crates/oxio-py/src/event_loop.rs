@@ -15,11 +15,12 @@ use oxio_core::{monotonic, Events, Interest, Poller, TimerHeap, Waker};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-use pyo3::PyClassInitializer;
+use pyo3::{intern, PyClassInitializer};
 
 use crate::context;
 use crate::fd::fd_of;
 use crate::handle::{self, Handle, TimerHandle};
+use crate::tasks;
 
 /// Token of the waker in the poller; fds use their own number as token.
 const WAKER_TOKEN: u64 = u64::MAX;
@@ -93,6 +94,7 @@ pub struct EventLoop {
     debug: AtomicBool,
     /// `threading.get_ident()` of the thread running the loop, 0 when not running.
     thread_id: AtomicU64,
+    task_factory: Mutex<Option<Py<PyAny>>>,
 }
 
 fn current_thread_id() -> u64 {
@@ -112,6 +114,11 @@ impl EventLoop {
         self.core
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        let slot = self.task_factory.lock().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref().map(|f| f.clone_ref(py))
     }
 
     fn check_closed(&self) -> PyResult<()> {
@@ -475,6 +482,7 @@ impl EventLoop {
             closed: AtomicBool::new(false),
             debug: AtomicBool::new(false),
             thread_id: AtomicU64::new(0),
+            task_factory: Mutex::new(None),
         })
     }
 
@@ -542,6 +550,62 @@ impl EventLoop {
     ) -> PyResult<Py<TimerHandle>> {
         let when = seconds(when, "when cannot be None")?;
         Self::call_at_impl(slf, when, callback, args, context)
+    }
+
+    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        tasks::new_future(slf.as_any())
+    }
+
+    /// asyncio's `create_task`. Without a task factory or extra keywords this is one call into
+    /// `asyncio.Task`; otherwise the Python subclass's `_create_task_slow` applies CPython's
+    /// calling conventions for factories.
+    #[pyo3(signature = (coro, *, name=None, context=None, **kwargs))]
+    fn create_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<&Bound<'py, PyAny>>,
+        context: Option<&Bound<'py, PyAny>>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.get();
+        this.check_closed()?;
+        let py = slf.py();
+        let none = py.None().into_bound(py);
+        let name = name.unwrap_or(&none);
+        let context = context.unwrap_or(&none);
+        let has_factory = this.task_factory(py).is_some();
+        if has_factory || kwargs.is_some_and(|k| !k.is_empty()) {
+            let slow = intern!(py, "_create_task_slow");
+            return slf.call_method(slow, (coro, name, context), kwargs);
+        }
+        tasks::new_task(slf.as_any(), coro, name, context, this.is_debug())
+    }
+
+    fn set_task_factory(&self, factory: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        if let Some(f) = &factory {
+            if f.is_none() {
+                return self.set_task_factory(None);
+            }
+            if !f.is_callable() {
+                return Err(PyTypeError::new_err("task factory must be a callable or None"));
+            }
+        }
+        let previous = {
+            let mut slot = self.task_factory.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *slot, factory.map(Bound::unbind))
+        };
+        // Dropped outside the lock, as everything Python is.
+        drop(previous);
+        Ok(())
+    }
+
+    fn get_task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.task_factory(py)
+    }
+
+    #[getter(_task_factory)]
+    fn task_factory_attr(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.task_factory(py)
     }
 
     /// Counts a cancelled timer that is still in the heap (asyncio's hook of the same name).

@@ -6,6 +6,7 @@ mod event_loop;
 mod fd;
 mod handle;
 mod stdlib;
+mod tasks;
 
 use pyo3::prelude::*;
 

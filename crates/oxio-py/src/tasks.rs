@@ -1,0 +1,86 @@
+//! The fast paths of `create_future` and `create_task`: one vectorcall into asyncio's own
+//! `Future`/`Task` (the C-accelerated classes), with keyword names built once.
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyModule, PyString, PyTuple};
+
+static ASYNCIO_FUTURES: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+static ASYNCIO_TASKS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+static KW_LOOP: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+static KW_LOOP_NAME_CONTEXT: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+
+fn module<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyModule>>,
+    name: &str,
+) -> PyResult<&'py Bound<'py, PyModule>> {
+    cell.get_or_try_init(py, || Ok(py.import(name)?.unbind()))
+        .map(|m| m.bind(py))
+}
+
+fn kwnames<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyTuple>>,
+    names: &[&str],
+) -> PyResult<&'py Bound<'py, PyTuple>> {
+    cell.get_or_try_init(py, || {
+        let names = names.iter().map(|n| PyString::intern(py, n));
+        Ok(PyTuple::new(py, names)?.unbind())
+    })
+    .map(|t| t.bind(py))
+}
+
+/// `callable(*args[..n_positional], **dict(zip(kwnames, args[n_positional..])))` by vectorcall.
+fn vectorcall<'py>(
+    callable: &Bound<'py, PyAny>,
+    args: &[&Bound<'py, PyAny>],
+    kwnames: &Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = callable.py();
+    let raw: Vec<*mut pyo3::ffi::PyObject> = args.iter().map(|a| a.as_ptr()).collect();
+    let positional = raw.len() - kwnames.len();
+    // SAFETY: `raw` holds `args.len()` borrowed pointers kept alive by `args` for the call;
+    // `kwnames` is a tuple of interned strings naming the trailing arguments, as the vectorcall
+    // protocol requires. The result is a new reference or NULL with an exception set.
+    unsafe {
+        let result = pyo3::ffi::PyObject_Vectorcall(
+            callable.as_ptr(),
+            raw.as_ptr(),
+            positional,
+            kwnames.as_ptr(),
+        );
+        Bound::from_owned_ptr_or_err(py, result)
+    }
+}
+
+/// `asyncio.Future(loop=loop)`, looking the class up at each call as asyncio does, so patches of
+/// `asyncio.futures.Future` are honoured.
+pub fn new_future<'py>(loop_: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = loop_.py();
+    let future_class = module(py, &ASYNCIO_FUTURES, "asyncio.futures")?.getattr(intern!(py, "Future"))?;
+    vectorcall(&future_class, &[loop_], kwnames(py, &KW_LOOP, &["loop"])?)
+}
+
+/// `asyncio.Task(coro, loop=loop, name=name, context=context)`; in debug mode the task's
+/// creation traceback loses its last frame (ours), as asyncio's `create_task` does.
+pub fn new_task<'py>(
+    loop_: &Bound<'py, PyAny>,
+    coro: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyAny>,
+    context: &Bound<'py, PyAny>,
+    debug: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = loop_.py();
+    let task_class = module(py, &ASYNCIO_TASKS, "asyncio.tasks")?.getattr(intern!(py, "Task"))?;
+    let names = kwnames(py, &KW_LOOP_NAME_CONTEXT, &["loop", "name", "context"])?;
+    let task = vectorcall(&task_class, &[coro, loop_, name, context], names)?;
+    if debug {
+        let traceback = task.getattr(intern!(py, "_source_traceback"))?;
+        if traceback.is_truthy()? {
+            traceback.del_item(-1)?;
+        }
+    }
+    Ok(task)
+}
