@@ -23,7 +23,7 @@ build: $(STAMP) ## Build the extension (release) into .venv.
 demo: build ## Run the showcase: the same program on asyncio, uvloop and oxio.
 	$(PY) demo/demo.py
 
-test: build test-rust test-python conformance ## Build and run every test.
+test: build lint test-rust test-python conformance ## Build, lint, and run every test.
 
 test-rust: ## Engine tests (no Python needed).
 	cargo test -p oxio-core --quiet

@@ -1,11 +1,13 @@
 """Differential fixtures: every test body runs once on the stdlib loop and once on oxio.
 
 The `loop` fixture records every call to the loop's exception handler; teardown fails the test
-if any arrived that the test did not claim with `loop_errors.expect(...)`.
+if any arrived that the test did not claim with `loop_errors.expect(...)`, or if the test left
+more file descriptors open than it found.
 """
 
 import asyncio
 import gc
+import os
 
 import pytest
 
@@ -51,6 +53,7 @@ def loop_errors():
 
 @pytest.fixture
 def loop(loop_factory, loop_errors):
+    fds_before = set(os.listdir("/proc/self/fd"))
     loop = loop_factory()
     loop.set_exception_handler(loop_errors.handler)
     asyncio.set_event_loop(loop)
@@ -64,6 +67,8 @@ def loop(loop_factory, loop_errors):
     gc.collect()
     unexpected = loop_errors.contexts[loop_errors.expected :]
     assert not unexpected, f"unexpected exception-handler calls: {unexpected}"
+    leaked = set(os.listdir("/proc/self/fd")) - fds_before
+    assert not leaked, f"file descriptors left open: {sorted(leaked)}"
 
 
 @pytest.fixture

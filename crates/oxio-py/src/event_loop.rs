@@ -587,7 +587,9 @@ impl EventLoop {
                 return self.set_task_factory(None);
             }
             if !f.is_callable() {
-                return Err(PyTypeError::new_err("task factory must be a callable or None"));
+                return Err(PyTypeError::new_err(
+                    "task factory must be a callable or None",
+                ));
             }
         }
         let previous = {

@@ -59,7 +59,8 @@ fn vectorcall<'py>(
 /// `asyncio.futures.Future` are honoured.
 pub fn new_future<'py>(loop_: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let py = loop_.py();
-    let future_class = module(py, &ASYNCIO_FUTURES, "asyncio.futures")?.getattr(intern!(py, "Future"))?;
+    let future_class =
+        module(py, &ASYNCIO_FUTURES, "asyncio.futures")?.getattr(intern!(py, "Future"))?;
     vectorcall(&future_class, &[loop_], kwnames(py, &KW_LOOP, &["loop"])?)
 }
 
