@@ -206,3 +206,10 @@ def test_handle_repr_mentions_callback(loop):
     handle.cancel()
     timer.cancel()
     assert "cancelled" in repr(handle)
+
+
+@pytest.mark.parametrize("when", [float("inf"), float("nan"), -1e300])
+def test_extreme_deadlines_do_not_crash(loop, when):
+    handle = loop.call_at(when, lambda: None)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    handle.cancel()

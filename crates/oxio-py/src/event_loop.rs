@@ -226,8 +226,9 @@ impl EventLoop {
             return Some(Duration::ZERO);
         }
         let deadline = core.timers.next_deadline()?;
+        // A NaN deadline (call_at(nan)) polls without blocking, as asyncio's max(0, nan) does.
         let wait = (deadline - monotonic()).clamp(0.0, MAX_POLL_TIMEOUT);
-        Some(Duration::from_secs_f64(wait))
+        Some(Duration::try_from_secs_f64(wait).unwrap_or(Duration::ZERO))
     }
 
     /// Phase 2: wait for I/O with the interpreter detached.
