@@ -10,6 +10,7 @@ Switch a program to it with one line::
 import asyncio
 from asyncio import coroutines, events
 
+from . import _compat
 from ._oxio import Handle, TimerHandle
 from .loop import Loop
 
@@ -31,7 +32,7 @@ def new_event_loop():
     return Loop()
 
 
-class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+class EventLoopPolicy(_compat.DefaultEventLoopPolicy):
     """asyncio's default policy, making oxio loops.
 
     Subclassing the default policy keeps `get_child_watcher()` and friends working on 3.11.

@@ -1,6 +1,7 @@
 """Version switches: every place where asyncio's behaviour depends on the Python version."""
 
 import sys
+from asyncio import unix_events
 
 PY312 = sys.version_info >= (3, 12)
 PY313 = sys.version_info >= (3, 13)
@@ -10,3 +11,7 @@ PY314 = sys.version_info >= (3, 14)
 EXCEPTION_HANDLER_RUNS_IN_CONTEXT = PY312
 # 3.14 passes every keyword of create_task() through to the task factory.
 CREATE_TASK_FORWARDS_KWARGS = PY314
+
+# asyncio.DefaultEventLoopPolicy on Unix, by the private name that exists on 3.11 to 3.14: 3.14
+# deprecates the public name (and warns on access), not the class.
+DefaultEventLoopPolicy = unix_events._UnixDefaultEventLoopPolicy
