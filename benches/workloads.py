@@ -80,12 +80,42 @@ async def queue_ping_pong(n=50_000):
     return n
 
 
+async def sock_echo(n=20_000, size=1024):
+    """Round trips of 1 KiB through loop.sock_* over a socketpair, both ends on this loop."""
+    import socket
+
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    payload = b"x" * size
+
+    async def echo():
+        for _ in range(n):
+            data = await loop.sock_recv(b, size)
+            while len(data) < size:
+                data += await loop.sock_recv(b, size - len(data))
+            await loop.sock_sendall(b, data)
+
+    task = asyncio.ensure_future(echo())
+    for _ in range(n):
+        await loop.sock_sendall(a, payload)
+        got = 0
+        while got < size:
+            got += len(await loop.sock_recv(a, size - got))
+    await task
+    a.close()
+    b.close()
+    return n
+
+
 WORKLOADS = {
     "call_soon": call_soon,
     "call_later": call_later,
     "sleep(0)": sleep0,
     "gather 100k": gather,
     "queue ping-pong": queue_ping_pong,
+    "sock_* echo 1 KiB": sock_echo,
 }
 
 
