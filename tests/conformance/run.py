@@ -23,18 +23,23 @@ TIMEOUT_PER_TARGET = 900
 
 # Modules that take the loop from the event-loop policy: run as they are.
 POLICY_MODULES = [
+    "test_base_events",
     "test_context",
     "test_futures",
     "test_futures2",
     "test_locks",
     "test_pep492",
+    "test_protocols",
     "test_queues",
     "test_runners",
     "test_streams",
     "test_taskgroups",
+    "test_subprocess",
     "test_tasks",
     "test_threads",
     "test_timeouts",
+    "test_transports",
+    "test_unix_events",
     "test_waitfor",
 ]
 # Loop-parametrized mixins, bound to the loop under test in cpython_mixins.py.
