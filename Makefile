@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deps-installed
 
-.PHONY: help demo build test test-rust test-python conformance bench bench-quick lint clean
+.PHONY: help demo build test test-rust test-python conformance bench bench-deps bench-quick lint clean
 
 help: ## Show this help.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,10 +34,13 @@ test-python: build ## The differential pytest suite (each test on asyncio and ox
 conformance: build ## CPython's own test_asyncio, on oxio and on the stdlib loop.
 	$(PY) tests/conformance/run.py
 
-bench: build ## Side-by-side benchmarks: oxio, asyncio, uvloop (5 interleaved rounds).
+bench-deps: $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-bench.txt || echo "note: some comparison loops did not install"
+
+bench: build bench-deps ## Side-by-side benchmarks: oxio, asyncio, uvloop, rloop (5 rounds).
 	$(PY) benches/run.py --rounds 5
 
-bench-quick: build ## The same benchmarks, 3 rounds, for development.
+bench-quick: build bench-deps ## The same benchmarks, 3 rounds, for development.
 	$(PY) benches/run.py --rounds 3
 
 lint: $(STAMP) ## cargo fmt, clippy, ruff, and stubtest of oxio._oxio.

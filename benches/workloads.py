@@ -126,6 +126,10 @@ def new_loop(name):
         import uvloop
 
         return uvloop.new_event_loop()
+    if name == "rloop":
+        import rloop
+
+        return rloop.new_event_loop()
     if name == "oxio":
         import oxio
 
