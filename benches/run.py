@@ -125,7 +125,7 @@ def write_outputs(results, loops, opts):
     meta = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {platform.processor() or 'unknown cpu'}",
+        "machine": f"{platform.machine()}, {cpu_model()}",
         "rounds": opts.rounds,
         "command": "make bench",
     }
@@ -187,6 +187,17 @@ def write_readme(results, loops, meta):
         "",
     ]
     (HERE / "README.md").write_text("\n".join(lines))
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown cpu"
 
 
 def version(name):
