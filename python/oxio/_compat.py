@@ -15,3 +15,30 @@ CREATE_TASK_FORWARDS_KWARGS = PY314
 # asyncio.DefaultEventLoopPolicy on Unix, by the private name that exists on 3.11 to 3.14: 3.14
 # deprecates the public name (and warns on access), not the class.
 DefaultEventLoopPolicy = unix_events._UnixDefaultEventLoopPolicy
+
+# asyncio.Server counts its connections; 3.13 also tracks the transports themselves so that
+# close_clients()/abort_clients() can reach them.
+if PY313:
+
+    def server_attach(server, transport):
+        server._attach(transport)
+
+    def server_detach(server, transport):
+        server._detach(transport)
+
+else:
+
+    def server_attach(server, transport):
+        server._attach()
+
+    def server_detach(server, transport):
+        server._detach()
+
+
+def new_server(loop, sockets, protocol_factory, backlog):
+    """An `asyncio.Server` over listening sockets (its constructor grew with 3.12)."""
+    import asyncio
+
+    if PY312:
+        return asyncio.Server(loop, sockets, protocol_factory, None, backlog, None, None)
+    return asyncio.Server(loop, sockets, protocol_factory, None, backlog, None)

@@ -10,12 +10,14 @@ from . import _compat
 from ._debug import DebugMixin
 from ._errors import ExceptionHandlerMixin
 from ._executor import ExecutorMixin
+from ._network import NetworkMixin
 from ._oxio import EventLoop
 from ._signals import SignalMixin
 from ._sock import SockMixin
 
 
 class Loop(
+    NetworkMixin,
     SockMixin,
     SignalMixin,
     ExecutorMixin,
@@ -173,12 +175,6 @@ class Loop(
                 )
 
     # -- file descriptors ------------------------------------------------------------------
-
-    def _ensure_fd_no_transport(self, fd):
-        """Transports own their fds; user watchers on them would steal their events.
-
-        Transports arrive with the networking layer; until then no fd is owned.
-        """
 
     def add_reader(self, fd, callback, *args):
         self._ensure_fd_no_transport(fd)

@@ -6,6 +6,7 @@ mod event_loop;
 mod fd;
 mod handle;
 mod stdlib;
+mod stream;
 mod tasks;
 
 use pyo3::prelude::*;
@@ -15,5 +16,6 @@ fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::EventLoop>()?;
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
+    m.add_class::<stream::StreamCore>()?;
     Ok(())
 }

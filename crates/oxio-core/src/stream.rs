@@ -1,0 +1,145 @@
+//! The byte paths of a stream socket: send/recv that never raise SIGPIPE, and a write queue
+//! that is flushed with `writev`.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+
+/// At most this many buffers go to one `writev` (Linux's `IOV_MAX` is 1024; beyond a few dozen
+/// the kernel copies the same bytes either way).
+const MAX_IOVECS: usize = 64;
+
+/// `send(2)` with `MSG_NOSIGNAL`, so a peer that went away yields `EPIPE`, not a signal.
+pub fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `data` is a live slice; the kernel reads at most `data.len()` bytes from it.
+        let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// `recv(2)` into `buf`; 0 means end of stream.
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is a live, writable slice; the kernel writes at most `buf.len()` bytes.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// `shutdown(fd, SHUT_WR)`: sends FIN after everything already written.
+pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    // SAFETY: shutdown takes no pointers; errors are reported through the return value.
+    if unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Bytes accepted by `write()` that the socket has not taken yet, oldest first.
+#[derive(Default)]
+pub struct WriteQueue {
+    chunks: VecDeque<Vec<u8>>,
+    /// How much of the front chunk was already sent.
+    head_sent: usize,
+    len: usize,
+}
+
+impl WriteQueue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes still to send (what `get_write_buffer_size()` reports).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        self.len += data.len();
+        self.chunks.push_back(data.to_vec());
+    }
+
+    pub fn clear(&mut self) {
+        self.chunks.clear();
+        self.head_sent = 0;
+        self.len = 0;
+    }
+
+    /// Sends as much as the socket takes in one `writev`; returns the byte count. A full socket
+    /// is `Err(WouldBlock)`, which leaves the queue as it was.
+    pub fn flush(&mut self, fd: RawFd) -> io::Result<usize> {
+        let iovecs: Vec<libc::iovec> = self
+            .chunks
+            .iter()
+            .take(MAX_IOVECS)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let start = if i == 0 { self.head_sent } else { 0 };
+                libc::iovec {
+                    iov_base: chunk[start..].as_ptr() as *mut libc::c_void,
+                    iov_len: chunk.len() - start,
+                }
+            })
+            .collect();
+        if iovecs.is_empty() {
+            return Ok(0);
+        }
+        let msg = libc::msghdr {
+            msg_name: std::ptr::null_mut(),
+            msg_namelen: 0,
+            msg_iov: iovecs.as_ptr() as *mut libc::iovec,
+            msg_iovlen: iovecs.len(),
+            msg_control: std::ptr::null_mut(),
+            msg_controllen: 0,
+            msg_flags: 0,
+        };
+        let sent = loop {
+            // SAFETY: every iovec points into a chunk owned by `self.chunks`, which is not
+            // touched until the call returns; `msg` describes exactly those iovecs.
+            let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
+            if n >= 0 {
+                break n as usize;
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        };
+        self.consume(sent);
+        Ok(sent)
+    }
+
+    fn consume(&mut self, mut sent: usize) {
+        self.len -= sent;
+        while sent > 0 {
+            let front_left = self.chunks[0].len() - self.head_sent;
+            if sent < front_left {
+                self.head_sent += sent;
+                return;
+            }
+            sent -= front_left;
+            self.chunks.pop_front();
+            self.head_sent = 0;
+        }
+    }
+}

@@ -1,0 +1,390 @@
+"""Stream transports (TCP and Unix) over real sockets: the asyncio.Transport API, flow control,
+ordering on close, half-close and errors. Each test runs on the stdlib loop and on oxio."""
+
+import asyncio
+import socket
+
+import pytest
+
+
+class Recorder(asyncio.Protocol):
+    """Records every callback in order; `done` resolves at connection_lost."""
+
+    def __init__(self, loop, keep_open=False):
+        self.events = []
+        self.data = bytearray()
+        self.keep_open = keep_open
+        self.transport = None
+        self.done = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.events.append("made")
+
+    def data_received(self, data):
+        assert isinstance(data, bytes)
+        self.data += data
+        if not self.events or self.events[-1] != "data":
+            self.events.append("data")
+
+    def eof_received(self):
+        self.events.append("eof")
+        return self.keep_open
+
+    def pause_writing(self):
+        self.events.append("pause")
+
+    def resume_writing(self):
+        self.events.append("resume")
+
+    def connection_lost(self, exc):
+        self.events.append(("lost", type(exc).__name__ if exc else None))
+        self.done.set_result(exc)
+
+
+async def connected_pair(loop, keep_open=False):
+    """A transport over one end of a socketpair, and the raw peer socket."""
+    ours, peer = socket.socketpair()
+    peer.setblocking(False)
+    transport, protocol = await loop.connect_accepted_socket(
+        lambda: Recorder(loop, keep_open), ours
+    )
+    return transport, protocol, peer
+
+
+async def read_until_eof(loop, sock):
+    chunks = []
+    while chunk := await loop.sock_recv(sock, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_transport_is_an_asyncio_transport_with_reassignable_write(loop, run):
+    async def main():
+        transport, protocol, peer = await connected_pair(loop)
+        assert isinstance(transport, asyncio.Transport)
+        assert isinstance(transport, asyncio.ReadTransport)
+        assert isinstance(transport, asyncio.WriteTransport)
+        assert transport.get_protocol() is protocol
+        assert transport.get_extra_info("socket").fileno() == transport.get_extra_info(
+            "socket"
+        ).fileno()
+        assert transport.get_extra_info("peername") is not None
+        assert transport.get_extra_info("missing", "default") == "default"
+        assert transport.can_write_eof() is True
+        assert transport.is_reading()
+        written = []
+        transport.write = written.append  # frameworks' tests do this
+        transport.write(b"captured")
+        assert written == [b"captured"]
+        transport.close()
+        await protocol.done
+        peer.close()
+
+    run(main())
+
+
+def test_echo_both_ways_and_close_order(loop, run):
+    async def main():
+        transport, protocol, peer = await connected_pair(loop)
+        await asyncio.sleep(0)
+        await loop.sock_sendall(peer, b"ping")
+        while bytes(protocol.data) != b"ping":
+            await asyncio.sleep(0.001)
+        transport.write(b"pong")
+        transport.writelines([b"-", bytearray(b"a"), memoryview(b"b")])
+        assert await loop.sock_recv(peer, 100) == b"pong-ab"
+        peer.close()
+        assert await protocol.done is None
+        assert protocol.events == ["made", "data", "eof", ("lost", None)]
+
+    run(main())
+
+
+def test_bytes_written_before_close_reach_the_peer_before_fin(loop, run):
+    payload = bytes(range(256)) * 8192  # 2 MiB: far more than the socket buffer takes
+
+    async def main():
+        transport, protocol, peer = await connected_pair(loop)
+        transport.write(payload)
+        assert transport.get_write_buffer_size() > 0
+        transport.close()
+        assert transport.is_closing()
+        # asyncio still queues writes made after close() until the queue drains.
+        transport.write(b"tail")
+        received = await read_until_eof(loop, peer)
+        assert received == payload + b"tail"
+        assert await protocol.done is None
+        peer.close()
+
+    run(main())
+
+
+def test_abort_drops_queued_bytes(loop, run):
+    async def main():
+        transport, protocol, peer = await connected_pair(loop)
+        transport.write(b"x" * (4 * 1024 * 1024))
+        assert transport.get_write_buffer_size() > 0
+        transport.abort()
+        assert await protocol.done is None
+        assert transport.get_write_buffer_size() == 0
+        received = await read_until_eof(loop, peer)
+        assert len(received) < 4 * 1024 * 1024
+        peer.close()
+
+    run(main())
+
+
+def test_flow_control_pauses_at_high_and_resumes_at_low_water(loop, run):
+    async def main():
+        transport, protocol, peer = await connected_pair(loop)
+        assert transport.get_write_buffer_limits() == (16 * 1024, 64 * 1024)
+        transport.write(b"x" * (1024 * 1024))
+        assert protocol.events[-1] == "pause"
+        total = 0
+        while "resume" not in protocol.events:
+            total += len(await loop.sock_recv(peer, 65536))
+        assert transport.get_write_buffer_size() <= 16 * 1024
+        transport.close()
+        total += len(await read_until_eof(loop, peer))
+        assert total == 1024 * 1024
+        await protocol.done
+        peer.close()
+
+    run(main())
+
+
+def test_set_write_buffer_limits(loop, run):
+    async def main():
+        transport, protocol, peer = await connected_pair(loop)
+        transport.set_write_buffer_limits(high=100)
+        assert transport.get_write_buffer_limits() == (25, 100)
+        transport.set_write_buffer_limits(low=10)
+        assert transport.get_write_buffer_limits() == (10, 40)
+        with pytest.raises(ValueError):
+            transport.set_write_buffer_limits(high=1, low=2)
+        transport.close()
+        await protocol.done
+        peer.close()
+
+    run(main())
+
+
+def test_write_type_errors_and_write_after_eof(loop, run):
+    async def main():
+        transport, protocol, peer = await connected_pair(loop)
+        with pytest.raises(TypeError):
+            transport.write("text")
+        transport.write(b"")  # a no-op
+        transport.write_eof()
+        with pytest.raises(RuntimeError):
+            transport.write(b"late")
+        assert await read_until_eof(loop, peer) == b""
+        transport.close()
+        await protocol.done
+        peer.close()
+
+    run(main())
+
+
+def test_half_close_keep_open_lets_the_protocol_still_write(loop, run):
+    async def main():
+        transport, protocol, peer = await connected_pair(loop, keep_open=True)
+        await asyncio.sleep(0)
+        peer.shutdown(socket.SHUT_WR)
+        while "eof" not in protocol.events:
+            await asyncio.sleep(0.001)
+        assert not transport.is_closing()
+        transport.write(b"after eof")
+        transport.close()
+        assert await read_until_eof(loop, peer) == b"after eof"
+        await protocol.done
+        assert protocol.events == ["made", "eof", ("lost", None)]
+        peer.close()
+
+    run(main())
+
+
+def test_write_eof_half_closes_and_reading_goes_on(loop, run):
+    async def main():
+        transport, protocol, peer = await connected_pair(loop)
+        transport.write(b"request")
+        transport.write_eof()
+        assert await read_until_eof(loop, peer) == b"request"
+        await loop.sock_sendall(peer, b"response")
+        peer.close()
+        await protocol.done
+        assert bytes(protocol.data) == b"response"
+
+    run(main())
+
+
+def test_reset_by_peer_reaches_connection_lost(loop, run):
+    async def main():
+        transport, protocol, peer = await connected_pair(loop)
+        await asyncio.sleep(0)
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        # Unread data makes close() send RST on a socketpair, as on TCP.
+        await loop.sock_sendall(peer, b"x")
+        peer.close()
+        exc = await protocol.done
+        # Data may or may not be read before the reset; the connection ends either way.
+        assert exc is None or isinstance(exc, ConnectionError)
+
+    run(main())
+
+
+def test_write_to_a_closed_peer_is_a_connection_error(loop, run):
+    async def main():
+        transport, protocol, peer = await connected_pair(loop)
+        await asyncio.sleep(0)
+        peer.close()
+        while not transport.is_closing():
+            transport.write(b"x" * 65536)
+            await asyncio.sleep(0.001)
+        exc = await protocol.done
+        assert exc is None or isinstance(exc, (BrokenPipeError, ConnectionResetError))
+        for _ in range(3):
+            transport.write(b"dropped after connection_lost")
+
+    run(main())
+
+
+def test_pause_and_resume_reading(loop, run):
+    async def main():
+        transport, protocol, peer = await connected_pair(loop)
+        await asyncio.sleep(0)
+        transport.pause_reading()
+        assert not transport.is_reading()
+        transport.pause_reading()  # idempotent
+        await loop.sock_sendall(peer, b"held back")
+        await asyncio.sleep(0.05)
+        assert protocol.data == b""
+        transport.resume_reading()
+        assert transport.is_reading()
+        while protocol.data != b"held back":
+            await asyncio.sleep(0.001)
+        transport.close()
+        assert not transport.is_reading()
+        await protocol.done
+        peer.close()
+
+    run(main())
+
+
+def test_pause_reading_in_connection_made_holds_data(loop, run):
+    class Paused(Recorder):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            transport.pause_reading()
+
+    async def main():
+        ours, peer = socket.socketpair()
+        peer.sendall(b"early")
+        transport, protocol = await loop.connect_accepted_socket(lambda: Paused(loop), ours)
+        await asyncio.sleep(0.05)
+        assert protocol.data == b""
+        transport.resume_reading()
+        while protocol.data != b"early":
+            await asyncio.sleep(0.001)
+        transport.close()
+        await protocol.done
+        peer.close()
+
+    run(main())
+
+
+def test_buffered_protocol_receives_into_its_buffer(loop, run):
+    class Buffered(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.buffer = bytearray(7)
+            self.received = bytearray()
+            self.sizes = []
+            self.done = loop.create_future()
+
+        def get_buffer(self, sizehint):
+            return self.buffer
+
+        def buffer_updated(self, nbytes):
+            self.sizes.append(nbytes)
+            self.received += self.buffer[:nbytes]
+
+        def eof_received(self):
+            return False
+
+        def connection_lost(self, exc):
+            self.done.set_result(exc)
+
+    async def main():
+        ours, peer = socket.socketpair()
+        transport, protocol = await loop.connect_accepted_socket(Buffered, ours)
+        peer.sendall(b"0123456789abcdef")
+        peer.close()
+        await protocol.done
+        assert protocol.received == b"0123456789abcdef"
+        assert max(protocol.sizes) <= 7
+
+    run(main())
+
+
+def test_set_protocol_switches_receiver(loop, run):
+    async def main():
+        transport, first, peer = await connected_pair(loop)
+        second = Recorder(loop)
+        transport.set_protocol(second)
+        assert transport.get_protocol() is second
+        await loop.sock_sendall(peer, b"to second")
+        peer.close()
+        await second.done
+        assert second.data == b"to second"
+        assert first.data == b""
+
+    run(main())
+
+
+def test_exception_in_data_received_reaches_the_handler_and_closes(loop, run, loop_errors):
+    class Failing(Recorder):
+        def data_received(self, data):
+            raise ZeroDivisionError("boom")
+
+    async def main():
+        ours, peer = socket.socketpair()
+        transport, protocol = await loop.connect_accepted_socket(lambda: Failing(loop), ours)
+        peer.sendall(b"x")
+        exc = await protocol.done
+        assert isinstance(exc, ZeroDivisionError)
+        peer.close()
+
+    run(main())
+    (context,) = loop_errors.expect(1)
+    assert context["message"] == "Fatal error: protocol.data_received() call failed."
+    assert isinstance(context["exception"], ZeroDivisionError)
+    assert context["protocol"] is not None
+
+
+def test_unix_socket_server_and_connection(loop, run, tmp_path):
+    path = str(tmp_path / "s.sock")
+
+    async def main():
+        received = loop.create_future()
+
+        class Echo(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+
+            def data_received(self, data):
+                self.transport.write(data.upper())
+
+        server = await loop.create_unix_server(Echo, path)
+        transport, protocol = await loop.create_unix_connection(lambda: Recorder(loop), path)
+        assert transport.get_extra_info("peername") == path
+        transport.write(b"hello")
+        while protocol.data != b"HELLO":
+            await asyncio.sleep(0.001)
+        received.set_result(None)
+        transport.close()
+        await protocol.done
+        server.close()
+        await server.wait_closed()
+
+    run(main())
