@@ -12,12 +12,14 @@ from ._errors import ExceptionHandlerMixin
 from ._executor import ExecutorMixin
 from ._network import NetworkMixin
 from ._oxio import EventLoop
+from ._pipes import PipesMixin
 from ._signals import SignalMixin
 from ._sock import SockMixin
 
 
 class Loop(
     NetworkMixin,
+    PipesMixin,
     SockMixin,
     SignalMixin,
     ExecutorMixin,

@@ -1,5 +1,5 @@
-//! The byte paths of a stream socket: send/recv that never raise SIGPIPE, and a write queue
-//! that is flushed with `writev`.
+//! The byte paths of stream fds (sockets and pipes): send/recv that never raise SIGPIPE,
+//! read/write for pipes, and a write queue flushed with one vectored call.
 
 use std::collections::VecDeque;
 use std::io;
@@ -11,24 +11,40 @@ const MAX_IOVECS: usize = 64;
 
 /// `send(2)` with `MSG_NOSIGNAL`, so a peer that went away yields `EPIPE`, not a signal.
 pub fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
-    loop {
+    retry_interrupted(|| {
         // SAFETY: `data` is a live slice; the kernel reads at most `data.len()` bytes from it.
-        let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
+        unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) }
+    })
 }
 
 /// `recv(2)` into `buf`; 0 means end of stream.
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
+    retry_interrupted(|| {
         // SAFETY: `buf` is a live, writable slice; the kernel writes at most `buf.len()` bytes.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) }
+    })
+}
+
+/// `read(2)` into `buf`, for pipes, FIFOs and ttys; 0 means end of stream.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    retry_interrupted(|| {
+        // SAFETY: `buf` is a live, writable slice; the kernel writes at most `buf.len()` bytes.
+        unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) }
+    })
+}
+
+/// `write(2)`, for pipes, FIFOs and ttys (Python ignores SIGPIPE, so a closed reader is EPIPE).
+pub fn write(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    retry_interrupted(|| {
+        // SAFETY: `data` is a live slice; the kernel reads at most `data.len()` bytes from it.
+        unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) }
+    })
+}
+
+/// Repeats a system call interrupted by a signal; a negative result is the OS error.
+fn retry_interrupted(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let n = call();
         if n >= 0 {
             return Ok(n as usize);
         }
@@ -85,9 +101,39 @@ impl WriteQueue {
         self.len = 0;
     }
 
-    /// Sends as much as the socket takes in one `writev`; returns the byte count. A full socket
-    /// is `Err(WouldBlock)`, which leaves the queue as it was.
-    pub fn flush(&mut self, fd: RawFd) -> io::Result<usize> {
+    /// Sends as much as the socket takes in one `sendmsg` (with `MSG_NOSIGNAL`); returns the
+    /// byte count. A full socket is `Err(WouldBlock)`, which leaves the queue as it was.
+    pub fn flush_to_socket(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.flush_with(|iovecs| {
+            let msg = libc::msghdr {
+                msg_name: std::ptr::null_mut(),
+                msg_namelen: 0,
+                msg_iov: iovecs.as_ptr() as *mut libc::iovec,
+                msg_iovlen: iovecs.len(),
+                msg_control: std::ptr::null_mut(),
+                msg_controllen: 0,
+                msg_flags: 0,
+            };
+            // SAFETY: `msg` describes exactly the iovecs, which point into chunks the queue
+            // owns and does not touch until the call returns.
+            unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) }
+        })
+    }
+
+    /// The same with `writev`, for pipes, FIFOs and ttys, which do not take `sendmsg`.
+    pub fn flush_to_pipe(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.flush_with(|iovecs| {
+            // SAFETY: the iovecs point into chunks the queue owns and does not touch until the
+            // call returns; the count is at most MAX_IOVECS, far below IOV_MAX.
+            unsafe { libc::writev(fd, iovecs.as_ptr(), iovecs.len() as libc::c_int) }
+        })
+    }
+
+    /// Hands the first `MAX_IOVECS` queued chunks to `write_vectored` and drops what it sent.
+    fn flush_with(
+        &mut self,
+        mut write_vectored: impl FnMut(&[libc::iovec]) -> isize,
+    ) -> io::Result<usize> {
         let iovecs: Vec<libc::iovec> = self
             .chunks
             .iter()
@@ -104,27 +150,7 @@ impl WriteQueue {
         if iovecs.is_empty() {
             return Ok(0);
         }
-        let msg = libc::msghdr {
-            msg_name: std::ptr::null_mut(),
-            msg_namelen: 0,
-            msg_iov: iovecs.as_ptr() as *mut libc::iovec,
-            msg_iovlen: iovecs.len(),
-            msg_control: std::ptr::null_mut(),
-            msg_controllen: 0,
-            msg_flags: 0,
-        };
-        let sent = loop {
-            // SAFETY: every iovec points into a chunk owned by `self.chunks`, which is not
-            // touched until the call returns; `msg` describes exactly those iovecs.
-            let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
-            if n >= 0 {
-                break n as usize;
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
-        };
+        let sent = retry_interrupted(|| write_vectored(&iovecs))?;
         self.consume(sent);
         Ok(sent)
     }

@@ -1,10 +1,10 @@
-//! The write queue keeps order across partial writes and flushes with one writev.
+//! The write queue keeps order across partial writes and flushes with one vectored call.
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
-use oxio_core::stream::{recv, send, shutdown_write};
+use oxio_core::stream::{read, recv, send, shutdown_write, write};
 use oxio_core::WriteQueue;
 
 #[test]
@@ -15,7 +15,7 @@ fn flush_sends_queued_chunks_in_order() {
     queue.push(b"");
     queue.push(b"world");
     assert_eq!(queue.len(), 11);
-    assert_eq!(queue.flush(a.as_raw_fd()).unwrap(), 11);
+    assert_eq!(queue.flush_to_socket(a.as_raw_fd()).unwrap(), 11);
     assert!(queue.is_empty());
     let mut got = [0u8; 11];
     b.read_exact(&mut got).unwrap();
@@ -35,7 +35,7 @@ fn partial_flushes_resume_where_they_stopped() {
     let mut received = Vec::new();
     let mut buf = vec![0u8; 65536];
     while !queue.is_empty() {
-        match queue.flush(a.as_raw_fd()) {
+        match queue.flush_to_socket(a.as_raw_fd()) {
             Ok(_) => {}
             Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock),
         }
@@ -70,4 +70,25 @@ fn shutdown_write_delivers_end_of_stream() {
     let mut buf = [0u8; 16];
     assert_eq!(recv(b.as_raw_fd(), &mut buf).unwrap(), 4);
     assert_eq!(recv(b.as_raw_fd(), &mut buf).unwrap(), 0);
+}
+
+#[test]
+fn pipes_flush_with_writev_and_read_to_end_of_stream() {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let [read_end, write_end] = fds;
+    let mut queue = WriteQueue::new();
+    queue.push(b"through ");
+    queue.push(b"a pipe");
+    assert_eq!(write(write_end, b">").unwrap(), 1);
+    assert_eq!(queue.flush_to_pipe(write_end).unwrap(), 14);
+    // SAFETY: `write_end` is open and owned by this test.
+    unsafe { libc::close(write_end) };
+    let mut buf = [0u8; 32];
+    assert_eq!(read(read_end, &mut buf).unwrap(), 15);
+    assert_eq!(&buf[..15], b">through a pipe");
+    assert_eq!(read(read_end, &mut buf).unwrap(), 0);
+    // SAFETY: `read_end` is open and owned by this test.
+    unsafe { libc::close(read_end) };
 }

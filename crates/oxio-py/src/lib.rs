@@ -5,9 +5,11 @@ mod context;
 mod event_loop;
 mod fd;
 mod handle;
+mod pipe;
 mod stdlib;
 mod stream;
 mod tasks;
+mod transport;
 
 use pyo3::prelude::*;
 
@@ -17,5 +19,7 @@ fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
     m.add_class::<stream::StreamCore>()?;
+    m.add_class::<pipe::ReadPipeCore>()?;
+    m.add_class::<pipe::WritePipeCore>()?;
     Ok(())
 }

@@ -4,50 +4,30 @@
 //! The Python half (`oxio._transports.SocketTransport`) is the `asyncio.Transport` users see; it
 //! owns the socket object and delegates here. See docs/design.md, "Transports".
 
-use std::cell::RefCell;
 use std::io;
-use std::os::fd::RawFd;
 
 use oxio_core::stream::{recv, send, shutdown_write};
 use oxio_core::WriteQueue;
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{
-    PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
-};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyWeakrefReference};
+use pyo3::types::PyBytes;
 
-/// asyncio's `max_size` for one `recv()` on a socket transport.
-const READ_SIZE: usize = 256 * 1024;
-/// asyncio's default flow-control limits (`transports._FlowControlMixin`).
-const DEFAULT_HIGH_WATER: usize = 64 * 1024;
-/// asyncio warns once this many writes were attempted after the connection was lost.
-const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
-
-thread_local! {
-    /// One read buffer per loop thread, shared by every transport: data is copied out into a
-    /// `bytes` before the protocol runs, so no transport holds it across Python code.
-    static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
-}
+use crate::transport::{
+    self, add_reader, add_writer, is_exit, maybe_pause_protocol, maybe_resume_protocol, os_error,
+    protocol_of, remove_reader, remove_writer, schedule_connection_lost, with_bytes,
+    with_read_buffer, Core, FlowControl, Wiring, WriteCore, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+};
 
 #[pyclass(module = "oxio._oxio")]
 pub struct StreamCore {
-    fd: RawFd,
-    loop_: Py<PyAny>,
-    /// The Python transport, held weakly: the transport owns this core, and the loop keeps the
-    /// transport alive through the arguments of its watchers and pending callbacks, exactly as
-    /// long as asyncio's loop keeps its own transports alive. No reference cycle, so an
-    /// abandoned transport is freed (and warns) at once, as in asyncio.
-    transport: Option<Py<PyWeakrefReference>>,
-    protocol: Option<Py<PyAny>>,
+    wiring: Wiring,
     /// The protocol is an `asyncio.BufferedProtocol`: receive straight into its buffer.
     buffered: bool,
     queue: WriteQueue,
-    high_water: usize,
-    low_water: usize,
-    protocol_paused: bool,
+    flow: FlowControl,
     /// `close()` was called (or the transport is being force-closed).
     closing: bool,
     /// `write_eof()` was called.
@@ -57,8 +37,24 @@ pub struct StreamCore {
     reading_paused: bool,
 }
 
-fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
+impl Core for StreamCore {
+    fn wiring(&self) -> &Wiring {
+        &self.wiring
+    }
+
+    fn wiring_mut(&mut self) -> &mut Wiring {
+        &mut self.wiring
+    }
+}
+
+impl WriteCore for StreamCore {
+    fn flow_mut(&mut self) -> &mut FlowControl {
+        &mut self.flow
+    }
+
+    fn write_buffer_size(&self) -> usize {
+        self.queue.len()
+    }
 }
 
 fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -70,85 +66,14 @@ fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
 }
 
 impl StreamCore {
-    fn transport_of<'py>(slf: &Bound<'py, Self>) -> Option<Bound<'py, PyAny>> {
-        let this = slf.borrow();
-        let weak = this.transport.as_ref()?.bind(slf.py());
-        weak.upgrade()
-    }
-
-    fn loop_of<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyAny> {
-        slf.borrow().loop_.bind(slf.py()).clone()
-    }
-
-    fn protocol_of<'py>(slf: &Bound<'py, Self>) -> Option<Bound<'py, PyAny>> {
-        slf.borrow()
-            .protocol
-            .as_ref()
-            .map(|p| p.bind(slf.py()).clone())
-    }
-
-    fn remove_reader(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let fd = slf.borrow().fd;
-        Self::loop_of(slf).call_method1(intern!(slf.py(), "_remove_reader"), (fd,))?;
-        Ok(())
-    }
-
-    fn remove_writer(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let fd = slf.borrow().fd;
-        Self::loop_of(slf).call_method1(intern!(slf.py(), "_remove_writer"), (fd,))?;
-        Ok(())
-    }
-
-    fn add_watcher(slf: &Bound<'_, Self>, write: bool) -> PyResult<()> {
-        let py = slf.py();
-        let fd = slf.borrow().fd;
-        let (method, callback) = if write {
-            (
-                intern!(py, "_add_writer"),
-                slf.getattr(intern!(py, "_write_ready"))?,
-            )
-        } else {
-            (
-                intern!(py, "_add_reader"),
-                slf.getattr(intern!(py, "_read_ready"))?,
-            )
-        };
-        let transport = Self::transport_of(slf);
-        Self::loop_of(slf).call_method1(method, (fd, callback, transport))?;
-        Ok(())
-    }
-
-    fn call_soon_connection_lost(
-        slf: &Bound<'_, Self>,
-        exc: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        let callback = slf.getattr(intern!(py, "_call_connection_lost"))?;
-        let exc = exc.unwrap_or_else(|| py.None().into_bound(py));
-        let transport = Self::transport_of(slf);
-        Self::loop_of(slf).call_method1(intern!(py, "call_soon"), (callback, exc, transport))?;
-        Ok(())
-    }
-
     /// asyncio's `_fatal_error`: OS errors are expected (peer reset, broken pipe) and only close
     /// the transport; anything else also reaches the loop's exception handler.
     fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
         let py = slf.py();
         if !err.is_instance_of::<PyOSError>(py) {
-            let context = PyDict::new(py);
-            context.set_item("message", message)?;
-            context.set_item("exception", err.value(py))?;
-            Self::add_context(slf, &context)?;
-            Self::loop_of(slf).call_method1(intern!(py, "call_exception_handler"), (context,))?;
+            transport::report_error(slf, message, &err)?;
         }
         Self::force_close(slf, Some(err.value(py).clone().into_any()))
-    }
-
-    /// The `transport` and `protocol` entries of an exception-handler context.
-    fn add_context(slf: &Bound<'_, Self>, context: &Bound<'_, PyDict>) -> PyResult<()> {
-        context.set_item("transport", Self::transport_of(slf))?;
-        context.set_item("protocol", Self::protocol_of(slf))?;
-        Ok(())
     }
 
     fn force_close(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
@@ -165,12 +90,12 @@ impl StreamCore {
             (had_queue, was_closing)
         };
         if had_queue {
-            Self::remove_writer(slf)?;
+            remove_writer(slf)?;
         }
         if !was_closing {
-            Self::remove_reader(slf)?;
+            remove_reader(slf)?;
         }
-        Self::call_soon_connection_lost(slf, exc)
+        schedule_connection_lost(slf, exc)
     }
 
     /// Calls a protocol hook; an exception other than SystemExit/KeyboardInterrupt is fatal to
@@ -189,14 +114,15 @@ impl StreamCore {
 
     fn read_into_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
-        let fd = slf.borrow().fd;
-        let received = READ_BUFFER.with(|cell| {
-            let mut buf = cell.borrow_mut();
-            recv(fd, &mut buf).map(|n| PyBytes::new(py, &buf[..n]))
-        });
+        let fd = slf.borrow().wiring.fd;
+        let received = with_read_buffer(|buf| recv(fd, buf).map(|n| PyBytes::new(py, &buf[..n])));
         match received {
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(()),
-            Err(err) => Self::fatal_error(slf, err.into(), "Fatal read error on socket transport"),
+            Err(err) => Self::fatal_error(
+                slf,
+                os_error(slf.py(), err),
+                "Fatal read error on socket transport",
+            ),
             Ok(data) if data.as_bytes().is_empty() => Self::on_eof(slf, protocol),
             Ok(data) => {
                 let result = protocol.call_method1(intern!(py, "data_received"), (data,));
@@ -230,7 +156,7 @@ impl StreamCore {
             Err(err) if is_exit(py, &err) => return Err(err),
             Err(err) => return Self::fatal_error(slf, err, message),
         };
-        let fd = slf.borrow().fd;
+        let fd = slf.borrow().wiring.fd;
         // SAFETY: the buffer is writable, C-contiguous and `item_count()` bytes long, and
         // `buffer` keeps the exporting object alive and its memory pinned until it is dropped
         // after this call; no Python code runs while the slice exists.
@@ -241,7 +167,11 @@ impl StreamCore {
         drop(buffer);
         match received {
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(()),
-            Err(err) => Self::fatal_error(slf, err.into(), "Fatal read error on socket transport"),
+            Err(err) => Self::fatal_error(
+                slf,
+                os_error(slf.py(), err),
+                "Fatal read error on socket transport",
+            ),
             Ok(0) => Self::on_eof(slf, protocol),
             Ok(n) => {
                 let result = protocol.call_method1(intern!(py, "buffer_updated"), (n,));
@@ -259,66 +189,9 @@ impl StreamCore {
         };
         if keep_open.is_truthy()? {
             // The protocol may still write; it can no longer receive.
-            Self::remove_reader(slf)
+            remove_reader(slf)
         } else {
             Self::close(slf)
-        }
-    }
-
-    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let protocol = {
-            let mut this = slf.borrow_mut();
-            if this.queue.len() <= this.high_water || this.protocol_paused {
-                return Ok(());
-            }
-            this.protocol_paused = true;
-            this.protocol.as_ref().map(|p| p.clone_ref(slf.py()))
-        };
-        if let Some(protocol) = protocol {
-            let result = protocol
-                .bind(slf.py())
-                .call_method0(intern!(slf.py(), "pause_writing"));
-            Self::report_flow_control_error(slf, result, "protocol.pause_writing() failed")?;
-        }
-        Ok(())
-    }
-
-    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let protocol = {
-            let mut this = slf.borrow_mut();
-            if !this.protocol_paused || this.queue.len() > this.low_water {
-                return Ok(());
-            }
-            this.protocol_paused = false;
-            this.protocol.as_ref().map(|p| p.clone_ref(slf.py()))
-        };
-        if let Some(protocol) = protocol {
-            let result = protocol
-                .bind(slf.py())
-                .call_method0(intern!(slf.py(), "resume_writing"));
-            Self::report_flow_control_error(slf, result, "protocol.resume_writing() failed")?;
-        }
-        Ok(())
-    }
-
-    fn report_flow_control_error(
-        slf: &Bound<'_, Self>,
-        result: PyResult<Bound<'_, PyAny>>,
-        message: &str,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        match result {
-            Ok(_) => Ok(()),
-            Err(err) if is_exit(py, &err) => Err(err),
-            Err(err) => {
-                let context = PyDict::new(py);
-                context.set_item("message", message)?;
-                context.set_item("exception", err.value(py))?;
-                Self::add_context(slf, &context)?;
-                Self::loop_of(slf)
-                    .call_method1(intern!(py, "call_exception_handler"), (context,))?;
-                Ok(())
-            }
         }
     }
 
@@ -326,34 +199,27 @@ impl StreamCore {
     /// watching for writability when something is left.
     fn write_bytes(slf: &Bound<'_, Self>, data: &[u8]) -> PyResult<()> {
         let py = slf.py();
-        {
-            let this = slf.borrow();
-            if this.eof {
-                return Err(PyRuntimeError::new_err(
-                    "Cannot call write() after write_eof()",
-                ));
-            }
+        if slf.borrow().eof {
+            return Err(PyRuntimeError::new_err(
+                "Cannot call write() after write_eof()",
+            ));
         }
         if data.is_empty() {
             return Ok(());
         }
-        {
+        let (conn_lost, queued_before, fd) = {
             let mut this = slf.borrow_mut();
             if this.conn_lost > 0 {
-                if this.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
-                    drop(this);
-                    let logger = py.import("asyncio.log")?.getattr("logger")?;
-                    logger.call_method1("warning", ("socket.send() raised exception.",))?;
-                    this = slf.borrow_mut();
-                }
                 this.conn_lost += 1;
-                return Ok(());
             }
-        }
-        let (queued_before, fd) = {
-            let this = slf.borrow();
-            (!this.queue.is_empty(), this.fd)
+            (this.conn_lost, !this.queue.is_empty(), this.wiring.fd)
         };
+        if conn_lost > 0 {
+            if conn_lost > LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+                transport::warn_writes_after_lost(py, "socket.send() raised exception.")?;
+            }
+            return Ok(());
+        }
         let mut rest = data;
         if !queued_before {
             match send(fd, data) {
@@ -362,7 +228,7 @@ impl StreamCore {
                 Err(err) => {
                     return Self::fatal_error(
                         slf,
-                        err.into(),
+                        os_error(slf.py(), err),
                         "Fatal write error on socket transport",
                     )
                 }
@@ -370,32 +236,11 @@ impl StreamCore {
             if rest.is_empty() {
                 return Ok(());
             }
-            Self::add_watcher(slf, true)?;
+            add_writer(slf, intern!(py, "_write_ready"))?;
         }
         slf.borrow_mut().queue.push(rest);
-        Self::maybe_pause_protocol(slf)
+        maybe_pause_protocol(slf)
     }
-}
-
-/// The bytes of a bytes-like object, as `socket.send()` would take them.
-fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
-    if let Ok(bytes) = data.cast::<PyBytes>() {
-        return Ok(f(bytes.as_bytes()));
-    }
-    if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
-        // Copied out: the object may be resized by Python code while we hold a view of it.
-        let copy = data
-            .py()
-            .import("builtins")?
-            .getattr("bytes")?
-            .call1((data,))?;
-        let copy = copy.cast::<PyBytes>()?;
-        return Ok(f(copy.as_bytes()));
-    }
-    Err(PyTypeError::new_err(format!(
-        "data argument must be a bytes-like object, not {:?}",
-        data.get_type().name()?.to_string()
-    )))
 }
 
 #[pymethods]
@@ -405,19 +250,14 @@ impl StreamCore {
     fn new(
         r#loop: Py<PyAny>,
         transport: &Bound<'_, PyAny>,
-        fd: RawFd,
+        fd: i32,
         protocol: &Bound<'_, PyAny>,
     ) -> PyResult<Self> {
         Ok(Self {
-            fd,
-            loop_: r#loop,
-            transport: Some(PyWeakrefReference::new(transport)?.unbind()),
+            wiring: Wiring::new(r#loop, transport, fd, protocol)?,
             buffered: is_buffered_protocol(protocol)?,
-            protocol: Some(protocol.clone().unbind()),
             queue: WriteQueue::new(),
-            high_water: DEFAULT_HIGH_WATER,
-            low_water: DEFAULT_HIGH_WATER / 4,
-            protocol_paused: false,
+            flow: FlowControl::default(),
             closing: false,
             eof: false,
             conn_lost: 0,
@@ -444,10 +284,10 @@ impl StreamCore {
                 return Ok(());
             }
             this.eof = true;
-            (this.queue.is_empty(), this.fd)
+            (this.queue.is_empty(), this.wiring.fd)
         };
         if send_fin {
-            shutdown_write(fd)?;
+            shutdown_write(fd).map_err(|err| os_error(slf.py(), err))?;
         }
         Ok(())
     }
@@ -465,11 +305,11 @@ impl StreamCore {
             this.closing = true;
             this.queue.is_empty()
         };
-        Self::remove_reader(slf)?;
+        remove_reader(slf)?;
         if drained {
             slf.borrow_mut().conn_lost += 1;
-            Self::remove_writer(slf)?;
-            Self::call_soon_connection_lost(slf, None)?;
+            remove_writer(slf)?;
+            schedule_connection_lost(slf, None)?;
         }
         Ok(())
     }
@@ -494,7 +334,7 @@ impl StreamCore {
             }
             this.reading_paused = true;
         }
-        Self::remove_reader(slf)
+        remove_reader(slf)
     }
 
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -505,7 +345,7 @@ impl StreamCore {
             }
             this.reading_paused = false;
         }
-        Self::add_watcher(slf, false)
+        add_reader(slf, intern!(slf.py(), "_read_ready"))
     }
 
     /// Starts reading, unless the protocol paused reading in `connection_made`.
@@ -515,7 +355,7 @@ impl StreamCore {
         _transport: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         if slf.borrow().is_reading() {
-            Self::add_watcher(slf, false)?;
+            add_reader(slf, intern!(slf.py(), "_read_ready"))?;
         }
         Ok(())
     }
@@ -526,23 +366,12 @@ impl StreamCore {
         high: Option<i64>,
         low: Option<i64>,
     ) -> PyResult<()> {
-        let high = high.unwrap_or_else(|| low.map_or(DEFAULT_HIGH_WATER as i64, |l| 4 * l));
-        let low = low.unwrap_or(high / 4);
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high}) must be >= low ({low}) must be >= 0"
-            )));
-        }
-        {
-            let mut this = slf.borrow_mut();
-            this.high_water = high as usize;
-            this.low_water = low as usize;
-        }
-        Self::maybe_pause_protocol(slf)
+        slf.borrow_mut().flow.set_limits(high, low)?;
+        maybe_pause_protocol(slf)
     }
 
     fn get_write_buffer_limits(&self) -> (usize, usize) {
-        (self.low_water, self.high_water)
+        self.flow.limits()
     }
 
     fn get_write_buffer_size(&self) -> usize {
@@ -551,12 +380,12 @@ impl StreamCore {
 
     fn set_protocol(&mut self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         self.buffered = is_buffered_protocol(protocol)?;
-        self.protocol = Some(protocol.clone().unbind());
+        self.wiring.protocol = Some(protocol.clone().unbind());
         Ok(())
     }
 
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.protocol.as_ref().map(|p| p.clone_ref(py))
+        self.wiring.protocol.as_ref().map(|p| p.clone_ref(py))
     }
 
     /// Reader callback. `_transport` is the Python transport, passed by the watcher only to keep
@@ -567,7 +396,7 @@ impl StreamCore {
             let this = slf.borrow();
             (this.conn_lost > 0, this.buffered)
         };
-        let Some(protocol) = Self::protocol_of(slf) else {
+        let Some(protocol) = protocol_of(slf) else {
             return Ok(());
         };
         if lost {
@@ -587,45 +416,50 @@ impl StreamCore {
             if this.conn_lost > 0 {
                 return Ok(());
             }
-            let fd = this.fd;
-            this.queue.flush(fd)
+            let fd = this.wiring.fd;
+            this.queue.flush_to_socket(fd)
         };
         match flushed {
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(err) => {
-                Self::remove_writer(slf)?;
+                remove_writer(slf)?;
                 slf.borrow_mut().queue.clear();
-                return Self::fatal_error(slf, err.into(), "Fatal write error on socket transport");
+                return Self::fatal_error(
+                    slf,
+                    os_error(slf.py(), err),
+                    "Fatal write error on socket transport",
+                );
             }
             Ok(_) => {}
         }
-        Self::maybe_resume_protocol(slf)?;
+        maybe_resume_protocol(slf)?;
         let (drained, closing, eof, fd) = {
             let this = slf.borrow();
-            (this.queue.is_empty(), this.closing, this.eof, this.fd)
+            (
+                this.queue.is_empty(),
+                this.closing,
+                this.eof,
+                this.wiring.fd,
+            )
         };
         if drained {
-            Self::remove_writer(slf)?;
+            remove_writer(slf)?;
             if closing {
                 slf.borrow_mut().conn_lost += 1;
-                Self::_call_connection_lost(slf, None, None)?;
+                transport::call_connection_lost(slf, None)?;
             } else if eof {
-                shutdown_write(fd)?;
+                shutdown_write(fd).map_err(|err| os_error(slf.py(), err))?;
             }
         }
         Ok(())
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.loop_)?;
-        visit.call(&self.transport)?;
-        visit.call(&self.protocol)?;
-        Ok(())
+        self.wiring.traverse(&visit)
     }
 
     fn __clear__(&mut self) {
-        self.transport = None;
-        self.protocol = None;
+        self.wiring.clear();
     }
 
     /// Runs `protocol.connection_lost(exc)`, then lets the Python transport close the socket.
@@ -635,24 +469,6 @@ impl StreamCore {
         exc: Option<Bound<'_, PyAny>>,
         _transport: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let py = slf.py();
-        let transport = Self::transport_of(slf);
-        let protocol = {
-            let mut this = slf.borrow_mut();
-            this.transport = None;
-            this.protocol.take()
-        };
-        let exc = exc.unwrap_or_else(|| py.None().into_bound(py));
-        let result = match &protocol {
-            Some(p) => p
-                .bind(py)
-                .call_method1(intern!(py, "connection_lost"), (exc,))
-                .map(drop),
-            None => Ok(()),
-        };
-        if let Some(transport) = transport {
-            transport.call_method0(intern!(py, "_connection_lost_done"))?;
-        }
-        result
+        transport::call_connection_lost(slf, exc)
     }
 }

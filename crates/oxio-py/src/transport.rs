@@ -1,0 +1,359 @@
+//! What every native transport core shares: its links to the loop, the Python transport and the
+//! protocol; registering its fd; reporting errors the way asyncio's transports do; flow control
+//! of the protocol's writes; the read buffer; and the last step of closing.
+//!
+//! A core is the Rust half of a transport (`StreamCore`, `ReadPipeCore`, `WritePipeCore`); its
+//! Python half is the `asyncio` transport subclass users see. See docs/design.md, "Transports".
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PySystemExit, PyTypeError, PyValueError};
+use pyo3::gc::{PyTraverseError, PyVisit};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::pyclass::boolean_struct::False;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyWeakrefReference};
+use pyo3::PyClass;
+
+/// asyncio's `max_size` for one read on a socket or pipe transport.
+pub(crate) const READ_SIZE: usize = 256 * 1024;
+/// asyncio's default flow-control high-water mark (`transports._FlowControlMixin`); the low one
+/// defaults to a quarter of it.
+const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+/// asyncio warns once this many writes were attempted after the connection was lost.
+pub(crate) const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+
+thread_local! {
+    /// One read buffer per loop thread, shared by every transport: data is copied out into a
+    /// `bytes` before the protocol runs, so no transport holds it across Python code.
+    static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
+}
+
+/// Runs `read` on this thread's read buffer.
+pub(crate) fn with_read_buffer<R>(read: impl FnOnce(&mut [u8]) -> R) -> R {
+    READ_BUFFER.with(|cell| read(&mut cell.borrow_mut()))
+}
+
+/// SystemExit and KeyboardInterrupt leave the loop; every other exception stays inside it.
+pub(crate) fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
+}
+
+/// The bytes of a bytes-like object, as `socket.send()` would take them.
+pub(crate) fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+    if let Ok(bytes) = data.cast::<PyBytes>() {
+        return Ok(f(bytes.as_bytes()));
+    }
+    if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
+        // Copied out: the object may be resized by Python code while we hold a view of it.
+        let copy = data
+            .py()
+            .import("builtins")?
+            .getattr("bytes")?
+            .call1((data,))?;
+        let copy = copy.cast::<PyBytes>()?;
+        return Ok(f(copy.as_bytes()));
+    }
+    Err(PyTypeError::new_err(format!(
+        "data argument must be a bytes-like object, not {:?}",
+        data.get_type().name()?.to_string()
+    )))
+}
+
+/// An OS error as Python's `socket` and `os` modules raise it: `OSError(errno, strerror)`,
+/// which Python turns into the matching subclass (`ConnectionResetError`, `BrokenPipeError`...).
+/// PyO3's own conversion keeps only the message, losing `errno`, which callers test.
+pub(crate) fn os_error(py: Python<'_>, err: io::Error) -> PyErr {
+    let Some(code) = err.raw_os_error() else {
+        return err.into();
+    };
+    let strerror = py
+        .import(intern!(py, "os"))
+        .and_then(|os| os.call_method1(intern!(py, "strerror"), (code,)))
+        .and_then(|text| text.extract::<String>());
+    match strerror {
+        Ok(text) => PyOSError::new_err((code, text)),
+        Err(lookup_failed) => lookup_failed,
+    }
+}
+
+/// A core's links to the outside.
+pub(crate) struct Wiring {
+    pub(crate) fd: RawFd,
+    loop_: Py<PyAny>,
+    /// The Python transport, held weakly: the transport owns its core, and the loop keeps the
+    /// transport alive through the arguments of the core's watchers and pending callbacks,
+    /// exactly as long as asyncio's loop keeps its own transports alive. No reference cycle, so
+    /// an abandoned transport is freed (and warns) at once, as in asyncio.
+    transport: Option<Py<PyWeakrefReference>>,
+    pub(crate) protocol: Option<Py<PyAny>>,
+}
+
+impl Wiring {
+    pub(crate) fn new(
+        loop_: Py<PyAny>,
+        transport: &Bound<'_, PyAny>,
+        fd: RawFd,
+        protocol: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        Ok(Self {
+            fd,
+            loop_,
+            transport: Some(PyWeakrefReference::new(transport)?.unbind()),
+            protocol: Some(protocol.clone().unbind()),
+        })
+    }
+
+    pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.loop_)?;
+        visit.call(&self.transport)?;
+        visit.call(&self.protocol)
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.transport = None;
+        self.protocol = None;
+    }
+}
+
+/// A `#[pyclass]` transport core, for the helpers below.
+pub(crate) trait Core: PyClass<Frozen = False> {
+    fn wiring(&self) -> &Wiring;
+    fn wiring_mut(&mut self) -> &mut Wiring;
+}
+
+/// A core with a write buffer under asyncio's flow control.
+pub(crate) trait WriteCore: Core {
+    fn flow_mut(&mut self) -> &mut FlowControl;
+    /// Bytes accepted by `write()` and not yet handed to the kernel.
+    fn write_buffer_size(&self) -> usize;
+}
+
+pub(crate) fn transport_of<'py, T: Core>(slf: &Bound<'py, T>) -> Option<Bound<'py, PyAny>> {
+    let this = slf.borrow();
+    this.wiring().transport.as_ref()?.bind(slf.py()).upgrade()
+}
+
+pub(crate) fn loop_of<'py, T: Core>(slf: &Bound<'py, T>) -> Bound<'py, PyAny> {
+    slf.borrow().wiring().loop_.bind(slf.py()).clone()
+}
+
+pub(crate) fn protocol_of<'py, T: Core>(slf: &Bound<'py, T>) -> Option<Bound<'py, PyAny>> {
+    let this = slf.borrow();
+    this.wiring()
+        .protocol
+        .as_ref()
+        .map(|p| p.bind(slf.py()).clone())
+}
+
+fn fd_of<T: Core>(slf: &Bound<'_, T>) -> RawFd {
+    slf.borrow().wiring().fd
+}
+
+/// Watches the core's fd for reading with its method `callback`; the watcher carries the
+/// Python transport to keep it alive.
+pub(crate) fn add_reader<T: Core>(
+    slf: &Bound<'_, T>,
+    callback: &Bound<'_, PyString>,
+) -> PyResult<()> {
+    add_watcher(slf, intern!(slf.py(), "_add_reader"), callback)
+}
+
+pub(crate) fn add_writer<T: Core>(
+    slf: &Bound<'_, T>,
+    callback: &Bound<'_, PyString>,
+) -> PyResult<()> {
+    add_watcher(slf, intern!(slf.py(), "_add_writer"), callback)
+}
+
+fn add_watcher<T: Core>(
+    slf: &Bound<'_, T>,
+    loop_method: &Bound<'_, PyString>,
+    callback: &Bound<'_, PyString>,
+) -> PyResult<()> {
+    let callback = slf.as_any().getattr(callback)?;
+    let transport = transport_of(slf);
+    loop_of(slf).call_method1(loop_method, (fd_of(slf), callback, transport))?;
+    Ok(())
+}
+
+pub(crate) fn remove_reader<T: Core>(slf: &Bound<'_, T>) -> PyResult<()> {
+    loop_of(slf).call_method1(intern!(slf.py(), "_remove_reader"), (fd_of(slf),))?;
+    Ok(())
+}
+
+pub(crate) fn remove_writer<T: Core>(slf: &Bound<'_, T>) -> PyResult<()> {
+    loop_of(slf).call_method1(intern!(slf.py(), "_remove_writer"), (fd_of(slf),))?;
+    Ok(())
+}
+
+/// `loop.call_soon(callback, arg, transport)`: the transport rides along as a keep-alive.
+pub(crate) fn call_soon<T: Core>(
+    slf: &Bound<'_, T>,
+    callback: &Bound<'_, PyAny>,
+    arg: Option<Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let py = slf.py();
+    let arg = arg.unwrap_or_else(|| py.None().into_bound(py));
+    let transport = transport_of(slf);
+    loop_of(slf).call_method1(intern!(py, "call_soon"), (callback, arg, transport))?;
+    Ok(())
+}
+
+/// Schedules the core's `_call_connection_lost(exc)`.
+pub(crate) fn schedule_connection_lost<T: Core>(
+    slf: &Bound<'_, T>,
+    exc: Option<Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let callback = slf
+        .as_any()
+        .getattr(intern!(slf.py(), "_call_connection_lost"))?;
+    call_soon(slf, &callback, exc)
+}
+
+/// Calls the loop's exception handler with asyncio's transport context.
+pub(crate) fn report_error<T: Core>(
+    slf: &Bound<'_, T>,
+    message: &str,
+    err: &PyErr,
+) -> PyResult<()> {
+    let py = slf.py();
+    let context = PyDict::new(py);
+    context.set_item("message", message)?;
+    context.set_item("exception", err.value(py))?;
+    context.set_item("transport", transport_of(slf))?;
+    context.set_item("protocol", protocol_of(slf))?;
+    loop_of(slf).call_method1(intern!(py, "call_exception_handler"), (context,))?;
+    Ok(())
+}
+
+/// The `asyncio` logger's warning after repeated writes to a lost connection.
+pub(crate) fn warn_writes_after_lost(py: Python<'_>, message: &str) -> PyResult<()> {
+    let logger = py
+        .import(intern!(py, "asyncio.log"))?
+        .getattr(intern!(py, "logger"))?;
+    logger.call_method1(intern!(py, "warning"), (message,))?;
+    Ok(())
+}
+
+/// The end of every transport: `protocol.connection_lost(exc)`, then the Python transport
+/// releases its file object (`_connection_lost_done`). Nothing reaches the protocol after this.
+pub(crate) fn call_connection_lost<T: Core>(
+    slf: &Bound<'_, T>,
+    exc: Option<Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let py = slf.py();
+    let transport = transport_of(slf);
+    let protocol = {
+        let mut this = slf.borrow_mut();
+        let wiring = this.wiring_mut();
+        wiring.transport = None;
+        wiring.protocol.take()
+    };
+    let exc = exc.unwrap_or_else(|| py.None().into_bound(py));
+    let result = match &protocol {
+        Some(p) => p
+            .bind(py)
+            .call_method1(intern!(py, "connection_lost"), (exc,))
+            .map(drop),
+        None => Ok(()),
+    };
+    if let Some(transport) = transport {
+        transport.call_method0(intern!(py, "_connection_lost_done"))?;
+    }
+    result
+}
+
+/// asyncio's write-buffer water marks and whether the protocol was told to pause.
+pub(crate) struct FlowControl {
+    high: usize,
+    low: usize,
+    paused: bool,
+}
+
+impl Default for FlowControl {
+    fn default() -> Self {
+        Self {
+            high: DEFAULT_HIGH_WATER,
+            low: DEFAULT_HIGH_WATER / 4,
+            paused: false,
+        }
+    }
+}
+
+impl FlowControl {
+    /// `set_write_buffer_limits(high, low)` with asyncio's defaults and check.
+    pub(crate) fn set_limits(&mut self, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
+        let high = high.unwrap_or_else(|| low.map_or(DEFAULT_HIGH_WATER as i64, |l| 4 * l));
+        let low = low.unwrap_or(high / 4);
+        if !(high >= low && low >= 0) {
+            return Err(PyValueError::new_err(format!(
+                "high ({high}) must be >= low ({low}) must be >= 0"
+            )));
+        }
+        self.high = high as usize;
+        self.low = low as usize;
+        Ok(())
+    }
+
+    /// `(low, high)`, as `get_write_buffer_limits()` returns them.
+    pub(crate) fn limits(&self) -> (usize, usize) {
+        (self.low, self.high)
+    }
+}
+
+/// Calls `protocol.pause_writing()` when the buffer grew past the high-water mark.
+pub(crate) fn maybe_pause_protocol<T: WriteCore>(slf: &Bound<'_, T>) -> PyResult<()> {
+    let py = slf.py();
+    {
+        let mut this = slf.borrow_mut();
+        let size = this.write_buffer_size();
+        let flow = this.flow_mut();
+        if size <= flow.high || flow.paused {
+            return Ok(());
+        }
+        flow.paused = true;
+    }
+    call_flow_hook(
+        slf,
+        intern!(py, "pause_writing"),
+        "protocol.pause_writing() failed",
+    )
+}
+
+/// Calls `protocol.resume_writing()` when a paused buffer drained to the low-water mark.
+pub(crate) fn maybe_resume_protocol<T: WriteCore>(slf: &Bound<'_, T>) -> PyResult<()> {
+    let py = slf.py();
+    {
+        let mut this = slf.borrow_mut();
+        let size = this.write_buffer_size();
+        let flow = this.flow_mut();
+        if !flow.paused || size > flow.low {
+            return Ok(());
+        }
+        flow.paused = false;
+    }
+    call_flow_hook(
+        slf,
+        intern!(py, "resume_writing"),
+        "protocol.resume_writing() failed",
+    )
+}
+
+/// A failing flow-control hook is reported and otherwise ignored, as in asyncio.
+fn call_flow_hook<T: Core>(
+    slf: &Bound<'_, T>,
+    hook: &Bound<'_, PyString>,
+    message: &str,
+) -> PyResult<()> {
+    let Some(protocol) = protocol_of(slf) else {
+        return Ok(());
+    };
+    match protocol.call_method0(hook) {
+        Ok(_) => Ok(()),
+        Err(err) if is_exit(slf.py(), &err) => Err(err),
+        Err(err) => report_error(slf, message, &err),
+    }
+}
