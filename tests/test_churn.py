@@ -9,6 +9,7 @@ OXIO_CHURN_CONNECTIONS (default small enough for `make test`; 100,000 by hand).
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import functools
 import gc
 import os
@@ -244,3 +245,43 @@ def test_connection_churn_leaves_fds_and_rss_flat(loop, run, loop_name):
     assert fds_after == fds
     # Bound: a quarter of a KiB per connection, so a leak of 1 KiB per connection fails it.
     assert rss_after - rss < CHURN_CONNECTIONS / 4, f"VmRSS grew by {rss_after - rss} KiB"
+
+
+@pytest.mark.parametrize(
+    "loop_name",
+    [
+        "asyncio",
+        pytest.param(
+            "oxio",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="StreamCore raises io::Error through PyO3's From<io::Error>: "
+                "ConnectionResetError('Connection reset by peer (os error 104)'), errno None",
+            ),
+        ),
+    ],
+)
+def test_reset_reaches_connection_lost_as_an_oserror_with_errno(loop, run):
+    """Code tells a reset from other errors by `exc.errno`, as asyncio's own OSErrors allow."""
+
+    async def main():
+        stats = ServerStats()
+        lost = loop.create_future()
+
+        class Recording(EchoProtocol):
+            def connection_lost(self, exc):
+                super().connection_lost(exc)
+                lost.set_result(exc)
+
+        server = await loop.create_server(lambda: Recording(stats), "127.0.0.1", 0)
+        address = server.sockets[0].getsockname()
+        await loop.run_in_executor(None, resetting_client, address, 0)
+        exc = await asyncio.wait_for(lost, 10)
+        server.close()
+        await server.wait_closed()
+        assert type(exc) is ConnectionResetError
+        assert exc.errno == errno.ECONNRESET
+        assert exc.strerror == os.strerror(errno.ECONNRESET)
+        assert str(exc) == f"[Errno {errno.ECONNRESET}] {os.strerror(errno.ECONNRESET)}"
+
+    run(main())
