@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import socket
+import struct
 
 import aiohttp
 import pytest
@@ -232,5 +234,45 @@ def test_graceful_shutdown_with_requests_in_flight(loop, run, no_aiohttp_errors)
         # Nothing listens any more.
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection(host, port)
+
+    run(asyncio.wait_for(main(), 30))
+
+
+def test_client_reset_mid_upload(loop, run, no_aiohttp_errors):
+    """The peer resets while the handler reads the body: the read fails, nothing is logged."""
+    seen = {}
+
+    async def read_body(request):
+        try:
+            await request.read()
+        except ConnectionResetError as exc:
+            seen["error"] = exc
+            seen["stopped"].set()
+            raise
+        return web.Response(text="complete")
+
+    async def main():
+        seen["stopped"] = asyncio.Event()
+        app = web.Application()
+        app.router.add_post("/body", read_body)
+        async with serving(app) as (url, runner):
+            port = int(url.rsplit(":", 1)[1])
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            head = b"POST /body HTTP/1.1\r\nHost: test\r\nContent-Length: 1000000\r\n\r\n"
+            writer.write(head + b"z" * 100_000)
+            await writer.drain()
+            while not runner.server.connections:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # the handler is waiting for the rest of the body
+            linger = struct.pack("ii", 1, 0)  # close() now sends a RST
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+            writer.transport.abort()
+            await asyncio.wait_for(seen["stopped"].wait(), 10)
+            assert isinstance(seen["error"], ConnectionResetError)
+            for _ in range(100):
+                if not runner.server.connections:
+                    break
+                await asyncio.sleep(0.01)
+            assert runner.server.connections == []
 
     run(asyncio.wait_for(main(), 30))
