@@ -247,20 +247,6 @@ def test_connection_churn_leaves_fds_and_rss_flat(loop, run, loop_name):
     assert rss_after - rss < CHURN_CONNECTIONS / 4, f"VmRSS grew by {rss_after - rss} KiB"
 
 
-@pytest.mark.parametrize(
-    "loop_name",
-    [
-        "asyncio",
-        pytest.param(
-            "oxio",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="StreamCore raises io::Error through PyO3's From<io::Error>: "
-                "ConnectionResetError('Connection reset by peer (os error 104)'), errno None",
-            ),
-        ),
-    ],
-)
 def test_reset_reaches_connection_lost_as_an_oserror_with_errno(loop, run):
     """Code tells a reset from other errors by `exc.errno`, as asyncio's own OSErrors allow."""
 
