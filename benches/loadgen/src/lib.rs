@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use mio::event::Source;
+use mio::event::{Event, Source};
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 
@@ -155,7 +155,60 @@ fn fail(usage: &str) -> ! {
     std::process::exit(2)
 }
 
-/// Whether an I/O error only means "try again when the poller says so".
-pub fn would_block(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::WouldBlock
+/// A stream and the readiness the poller last reported for it, kept the way tokio keeps it: an
+/// event sets a flag, and only WouldBlock or a short read or write clears it. Registrations are
+/// edge-triggered, and a short transfer means the kernel buffer was drained (or filled), so the
+/// next change comes as a new event; no syscall is spent to learn that a socket would block.
+pub struct ReadyStream {
+    pub stream: Box<dyn Stream>,
+    readable: bool,
+    writable: bool,
+}
+
+impl ReadyStream {
+    pub fn new(stream: Box<dyn Stream>) -> ReadyStream {
+        // Nothing has been tried yet, so both directions are worth one attempt.
+        ReadyStream {
+            stream,
+            readable: true,
+            writable: true,
+        }
+    }
+
+    pub fn on_event(&mut self, event: &Event) {
+        // Errors and hang-ups are reported by the next read or write, so they count as ready.
+        self.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
+        self.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
+    }
+
+    /// Reads once if the stream may be readable; None if it is not, Some(0) at end of stream.
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        let (stream, ready) = (&mut self.stream, &mut self.readable);
+        Self::transfer(ready, buf.len(), || stream.read(buf))
+    }
+
+    /// Writes once if the stream may be writable; None if it is not.
+    pub fn write(&mut self, buf: &[u8]) -> io::Result<Option<usize>> {
+        let (stream, ready) = (&mut self.stream, &mut self.writable);
+        Self::transfer(ready, buf.len(), || stream.write(buf))
+    }
+
+    fn transfer(
+        ready: &mut bool,
+        len: usize,
+        mut io: impl FnMut() -> io::Result<usize>,
+    ) -> io::Result<Option<usize>> {
+        while *ready {
+            match io() {
+                Ok(n) => {
+                    *ready = n == len;
+                    return Ok(Some(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => *ready = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
 }

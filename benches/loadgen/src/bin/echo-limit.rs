@@ -4,10 +4,10 @@
 //! benches can say how close a Python loop gets. It echoes whatever arrives and does not know
 //! the message size. Prints `{"address": "..."}` once it listens, then serves until killed.
 
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind};
 
 use mio::{Events, Interest, Poll, Token};
-use oxio_loadgen::{would_block, Endpoint, Flags, Stream};
+use oxio_loadgen::{Endpoint, Flags, Listener, ReadyStream};
 
 const USAGE: &str = "echo-limit --listen tcp:HOST:PORT|unix:PATH";
 const LISTENER: Token = Token(usize::MAX);
@@ -15,7 +15,7 @@ const LISTENER: Token = Token(usize::MAX);
 const BUFFER_SIZE: usize = 256 * 1024;
 
 struct Conn {
-    stream: Box<dyn Stream>,
+    stream: ReadyStream,
     buf: Box<[u8]>,
     /// `buf[start..end]` was read and not yet written back. While it is non-empty the server
     /// reads nothing more from this peer: a slow reader gets backpressure, not an unbounded queue.
@@ -29,19 +29,15 @@ impl Conn {
     fn pump(&mut self) -> io::Result<bool> {
         loop {
             while self.start < self.end {
-                match self.stream.write(&self.buf[self.start..self.end]) {
-                    Ok(n) => self.start += n,
-                    Err(e) if would_block(&e) => return Ok(true),
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
+                match self.stream.write(&self.buf[self.start..self.end])? {
+                    Some(n) => self.start += n,
+                    None => return Ok(true),
                 }
             }
-            match self.stream.read(&mut self.buf) {
-                Ok(0) => return Ok(false),
-                Ok(n) => (self.start, self.end) = (0, n),
-                Err(e) if would_block(&e) => return Ok(true),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+            match self.stream.read(&mut self.buf)? {
+                Some(0) => return Ok(false),
+                Some(n) => (self.start, self.end) = (0, n),
+                None => return Ok(true),
             }
         }
     }
@@ -70,27 +66,24 @@ fn main() -> io::Result<()> {
             }
             // A reset from the peer ends that connection like a clean close does.
             let slot = &mut conns[event.token().0];
-            let open = slot
-                .as_mut()
-                .is_some_and(|conn| conn.pump().unwrap_or(false));
+            let open = slot.as_mut().is_some_and(|conn| {
+                conn.stream.on_event(event);
+                conn.pump().unwrap_or(false)
+            });
             if !open {
                 if let Some(mut conn) = slot.take() {
-                    poll.registry().deregister(&mut conn.stream)?;
+                    poll.registry().deregister(&mut conn.stream.stream)?;
                 }
             }
         }
     }
 }
 
-fn accept_all(
-    listener: &oxio_loadgen::Listener,
-    poll: &Poll,
-    conns: &mut Vec<Option<Conn>>,
-) -> io::Result<()> {
+fn accept_all(listener: &Listener, poll: &Poll, conns: &mut Vec<Option<Conn>>) -> io::Result<()> {
     loop {
         let mut stream = match listener.accept() {
             Ok(stream) => stream,
-            Err(e) if would_block(&e) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
             Err(e) => return Err(e),
         };
         let index = conns
@@ -103,7 +96,7 @@ fn accept_all(
             Interest::READABLE | Interest::WRITABLE,
         )?;
         let conn = Conn {
-            stream,
+            stream: ReadyStream::new(stream),
             buf: vec![0; BUFFER_SIZE].into_boxed_slice(),
             start: 0,
             end: 0,

@@ -7,17 +7,17 @@
 //! `client_cpu` is this process's, so a run can show that the generator was not the bottleneck.
 
 use std::fs;
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
-use oxio_loadgen::{would_block, Endpoint, Flags, Stream};
+use oxio_loadgen::{Endpoint, Flags, ReadyStream};
 
 const USAGE: &str = "loadgen --connect tcp:HOST:PORT|unix:PATH [--connections 32] [--size 1024] \
                      [--warmup 0.5] [--duration 2.0] [--server-pid PID]";
 
 struct Conn {
-    stream: Box<dyn Stream>,
+    stream: ReadyStream,
     /// Bytes of the current message written so far.
     sent: usize,
     /// The echo of the current message, filled up to `received`.
@@ -33,20 +33,18 @@ impl Conn {
         let mut completed = 0;
         loop {
             while self.sent < message.len() {
-                match self.stream.write(&message[self.sent..]) {
-                    Ok(n) => self.sent += n,
-                    Err(e) if would_block(&e) => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
+                match self.stream.write(&message[self.sent..])? {
+                    Some(n) => self.sent += n,
+                    None => break,
                 }
             }
             while self.received < message.len() {
-                match self.stream.read(&mut self.echo[self.received..]) {
-                    Ok(0) => return Err(io::Error::new(ErrorKind::UnexpectedEof, "server closed")),
-                    Ok(n) => self.received += n,
-                    Err(e) if would_block(&e) => return Ok(completed),
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
+                match self.stream.read(&mut self.echo[self.received..])? {
+                    Some(0) => {
+                        return Err(io::Error::new(ErrorKind::UnexpectedEof, "server closed"))
+                    }
+                    Some(n) => self.received += n,
+                    None => return Ok(completed),
                 }
             }
             // A wrong echo is a bug in the loop under test, not a slow run: stop loudly.
@@ -123,7 +121,7 @@ fn main() -> io::Result<()> {
         let interest = Interest::READABLE | Interest::WRITABLE;
         poll.registry().register(&mut stream, Token(i), interest)?;
         conns.push(Conn {
-            stream,
+            stream: ReadyStream::new(stream),
             sent: 0,
             echo: vec![0; size].into_boxed_slice(),
             received: 0,
@@ -153,7 +151,9 @@ fn main() -> io::Result<()> {
             result => result?,
         }
         for event in &events {
-            round_trips += conns[event.token().0].pump(&message)?;
+            let conn = &mut conns[event.token().0];
+            conn.stream.on_event(event);
+            round_trips += conn.pump(&message)?;
         }
     }
     let start = start.expect("the loop ends only after the window has started");
