@@ -34,14 +34,18 @@ test-python: build ## The differential pytest suite (each test on asyncio and ox
 conformance: build ## CPython's own test_asyncio, on oxio and on the stdlib loop.
 	$(PY) tests/conformance/run.py
 
+# The network rows need the Rust load generator and reference server, and wrk for HTTP; a tool
+# that cannot be installed leaves its rows reported as missing.
 bench-deps: $(STAMP)
 	$(PY) -m pip install --quiet -r requirements-bench.txt || echo "note: some comparison loops did not install"
+	cargo build --release --quiet -p oxio-loadgen
+	command -v wrk >/dev/null || apt-get install -y -q wrk || echo "note: wrk did not install; the HTTP rows will be missing"
 
-bench: build bench-deps ## Side-by-side benchmarks: oxio, asyncio, uvloop, rloop (5 rounds).
+bench: build bench-deps ## Side-by-side benchmarks: oxio, asyncio, uvloop, rloop (5 rounds, ~12 min).
 	$(PY) benches/run.py --rounds 5
 
-bench-quick: build bench-deps ## The same benchmarks, 3 rounds, for development.
-	$(PY) benches/run.py --rounds 3
+bench-quick: build bench-deps ## The same benchmarks, 3 rounds and short windows (~3 min).
+	$(PY) benches/run.py --rounds 3 --net-seconds 0.3 --net-warmup 0.15
 
 lint: $(STAMP) ## cargo fmt, clippy, ruff, and stubtest of oxio._oxio.
 	cargo fmt --all --check

@@ -1,25 +1,31 @@
 """`make bench`: oxio, stdlib asyncio, uvloop and rloop side by side, interleaved round by round.
 
 Every measurement is a fresh process. Rounds rotate the loop order (A B C, B C A, ...) so drift
-in machine load hits every loop alike. Reported: median operations per wall second (min-max),
-operations per CPU-second of the measured process, and ratios against asyncio, uvloop and the
-best other loop. Writes benches/results/latest.json, latest.png and benches/README.md.
+in machine load hits every loop alike. Two kinds of rows: in-process workloads (workloads.py),
+where the loop drives itself, and network servers (netbench.py), where the loop serves a native
+load generator pinned to another CPU and the echo rows are compared with a native reference
+server. Reported by report.py: medians with min-max, operations per CPU-second of the process
+running the loop, ratios against asyncio, uvloop and the best other loop, and the share of the
+limit. Writes benches/results/latest.json, latest.png and benches/README.md.
 
-    python benches/run.py [--rounds N] [--only WORKLOAD ...]
+    python benches/run.py [--rounds N] [--only ROW ...] [--net-seconds S] [--net-warmup S]
 """
 
 import argparse
-import datetime
+import dataclasses
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
+import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import netbench  # noqa: E402
+import report  # noqa: E402
+from netbench import NetOptions, Unavailable  # noqa: E402
 from workloads import WORKLOADS  # noqa: E402
 
 LOOPS = ["asyncio", "uvloop", "rloop", "oxio"]
@@ -37,20 +43,42 @@ def available_loops():
     return loops
 
 
-def measure(loop, workload):
-    out = subprocess.run(
-        [sys.executable, str(HERE / "workloads.py"), loop, workload],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+@dataclasses.dataclass(frozen=True)
+class InProcessRow:
+    """A workload of workloads.py: the loop drives itself; `cpu` is that process's CPU time."""
+
+    name: str
+    kind = "in-process"
+    limit = None
+
+    def measure(self, loop, opts):
+        out = subprocess.run(
+            [sys.executable, str(HERE / "workloads.py"), loop, self.name],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if out.returncode != 0:
+            lines = out.stderr.strip().splitlines() or ["no output"]
+            raise Unavailable(f"workload failed: {lines[-1]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def attempt(measure, *args):
+    """One sample, or the reason there is none: one loop failing a row must not end the run."""
+    try:
+        return measure(*args)
+    except Unavailable as exc:
+        return {"missing": str(exc)}
 
 
 def summarize(samples):
+    missing = [s["missing"] for s in samples if "missing" in s]
+    if missing:
+        # A loop that fails any round is reported as failing, not as the median of the others.
+        return {"missing": missing[0], "samples": samples}
     rates = [s["ops"] / s["wall"] for s in samples]
-    cpu_rates = [s["ops"] / s["cpu"] for s in samples if s["cpu"] > 0]
+    cpu_rates = [s["ops"] / s["cpu"] for s in samples if s.get("cpu")]
     return {
         "median": statistics.median(rates),
         "min": min(rates),
@@ -60,155 +88,49 @@ def summarize(samples):
     }
 
 
-def fmt_rate(value):
-    return f"{value / 1e3:,.0f}k" if value >= 1e4 else f"{value:,.0f}"
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--only", nargs="*")
+    parser.add_argument("--only", nargs="*", metavar="ROW")
+    parser.add_argument("--net-seconds", type=float, default=1.5, help="measured window")
+    parser.add_argument("--net-warmup", type=float, default=0.5, help="load before the window")
+    parser.add_argument("--connections", type=int, default=32)
     opts = parser.parse_args()
+    net = NetOptions(opts.connections, opts.net_warmup, opts.net_seconds)
 
     loops = available_loops()
-    workloads = [w for w in WORKLOADS if not opts.only or w in opts.only]
-    samples = {(w, loop): [] for w in workloads for loop in loops}
+    rows = [InProcessRow(name) for name in WORKLOADS] + netbench.ROWS
+    rows = [row for row in rows if not opts.only or row.name in opts.only]
+    # Echo rows of the same family and size share one reference measurement per round.
+    limits = list(dict.fromkeys(row.limit for row in rows if row.limit))
+    samples = {}
+    started, load_before = time.monotonic(), os.getloadavg()
     for round_no in range(opts.rounds):
         order = loops[round_no % len(loops) :] + loops[: round_no % len(loops)]
-        for workload in workloads:
+        for key in limits:
+            samples.setdefault(key, []).append(attempt(netbench.measure_limit, *key, net))
+        for row in rows:
             for loop in order:
-                samples[(workload, loop)].append(measure(loop, workload))
-        print(f"round {round_no + 1}/{opts.rounds} done", flush=True)
+                samples.setdefault((row.name, loop), []).append(attempt(row.measure, loop, net))
+        elapsed = time.monotonic() - started
+        print(f"round {round_no + 1}/{opts.rounds} done ({elapsed:.0f} s)", flush=True)
 
-    results = {w: {loop: summarize(samples[(w, loop)]) for loop in loops} for w in workloads}
-    print_table(results, loops)
-    write_outputs(results, loops, opts)
-
-
-def print_table(results, loops):
-    print()
-    for line in table_lines(results, loops):
-        print(line)
-
-
-def table_lines(results, loops):
-    yield (
-        "| workload | "
-        + " | ".join(f"{loop} ops/s (min-max)" for loop in loops)
-        + " | oxio ops/CPU-s | oxio/asyncio | oxio/uvloop | oxio/best other |"
-    )
-    yield "|---" * (len(loops) + 5) + "|"
-    for workload, row in results.items():
-        cells = [
-            f"{fmt_rate(r['median'])} ({fmt_rate(r['min'])}-{fmt_rate(r['max'])})"
-            for r in (row[loop] for loop in loops)
-        ]
-        oxio = row.get("oxio")
-        ratios = []
-        for other in ("asyncio", "uvloop"):
-            if oxio and other in row:
-                ratios.append(f"{oxio['median'] / row[other]['median']:.2f}x")
-            else:
-                ratios.append("n/a")
-        others = [r["median"] for loop, r in row.items() if loop != "oxio"]
-        if oxio and others:
-            ratios.append(f"{oxio['median'] / max(others):.2f}x")
-        else:
-            ratios.append("n/a")
-        cpu = fmt_rate(oxio["cpu_median"]) if oxio and oxio["cpu_median"] else "n/a"
-        yield f"| {workload} | " + " | ".join(cells) + f" | {cpu} | " + " | ".join(ratios) + " |"
-
-
-def write_outputs(results, loops, opts):
-    out_dir = HERE / "results"
-    out_dir.mkdir(exist_ok=True)
-    meta = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {cpu_model()}",
-        "rounds": opts.rounds,
-        "command": "make bench",
+    results = {
+        row.name: {
+            "kind": row.kind,
+            "loops": {loop: summarize(samples[(row.name, loop)]) for loop in loops},
+            "limit": summarize(samples[row.limit]) if row.limit else None,
+        }
+        for row in rows
     }
-    (out_dir / "latest.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("note: matplotlib missing, no chart written")
-        return
-    workloads = list(results)
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    width = 0.8 / len(loops)
-    for i, loop in enumerate(loops):
-        ratios = [
-            results[w][loop]["median"] / results[w]["uvloop"]["median"]
-            if "uvloop" in results[w]
-            else 0
-            for w in workloads
-        ]
-        ax.bar([x + i * width for x in range(len(workloads))], ratios, width, label=loop)
-    ax.axhline(1.0, color="grey", linewidth=0.8)
-    ax.set_xticks([x + width * (len(loops) - 1) / 2 for x in range(len(workloads))])
-    ax.set_xticklabels(workloads, rotation=15)
-    ax.set_ylabel("throughput relative to uvloop (higher is better)")
-    ax.set_title(f"event loops relative to uvloop, median of {opts.rounds} rounds")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_dir / "latest.png", dpi=110)
-    print(f"chart: {out_dir / 'latest.png'}")
-    write_readme(results, loops, meta)
-
-
-def write_readme(results, loops, meta):
-    lines = [
-        "# oxio benchmarks",
-        "",
-        "Generated by `make bench` (`benches/run.py`); do not edit by hand.",
-        "",
-        "## Method",
-        "",
-        f"- Date: {meta['date']}; Python {meta['python']}; {meta['machine']}; "
-        f"{os.cpu_count()} cores.",
-        f"- Loops: {', '.join(f'{name} {version(name)}' for name in loops)}.",
-        "- Every measurement is a fresh process running one workload once after a warm-up; the "
-        f"loops are interleaved round by round (rotating order), {meta['rounds']} rounds.",
-        "- Figures are medians of operations per wall-clock second, with min-max; `ops/CPU-s` "
-        "counts operations per CPU-second of the measuring process itself.",
-        "- Ratios compare medians. The machines are shared and noisy: trust ratios, not "
-        "absolute rates.",
-        "",
-        "## Results",
-        "",
-        *table_lines(results, loops),
-        "",
-        "![throughput relative to uvloop](results/latest.png)",
-        "",
-    ]
-    (HERE / "README.md").write_text("\n".join(lines))
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown cpu"
-
-
-def version(name):
-    if name == "asyncio":
-        return platform.python_version()
-    try:
-        from importlib.metadata import version as dist_version
-
-        return dist_version(name)
-    except Exception:
-        return "?"
+    meta = {
+        "rounds": opts.rounds,
+        "net": dataclasses.asdict(net),
+        "cpus": {"server": netbench.SERVER_CPU, "client": netbench.CLIENT_CPU},
+        "loadavg": {"before": load_before, "after": os.getloadavg()},
+        "seconds": round(time.monotonic() - started),
+    }
+    report.write(results, loops, meta)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,215 @@
+"""The network rows of `make bench`: a server pinned to one CPU, its load generator to another.
+
+Each measurement starts a fresh server process, either benches/net_servers.py on the loop under
+test or the reference server benches/loadgen `echo-limit`, and drives it from the other CPU:
+benches/loadgen for the echo rows, wrk for HTTP. On a 2-core machine a Python client would
+saturate its own core before a fast server does; both of these are native and single-threaded.
+Every sample carries the server process's CPU seconds over the measured window, so the suite can
+report operations per server CPU-second next to wall-clock rates.
+"""
+
+import contextlib
+import dataclasses
+import json
+import os
+import pathlib
+import re
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+
+HERE = pathlib.Path(__file__).resolve().parent
+RELEASE = HERE.parent / "target" / "release"
+LOADGEN = RELEASE / "loadgen"
+ECHO_LIMIT = RELEASE / "echo-limit"
+KIB = 1024
+
+
+class Unavailable(Exception):
+    """A loop could not run a row; the reason is reported in place of a figure."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NetOptions:
+    connections: int
+    warmup: float
+    seconds: float
+
+
+def _pick_cpus():
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        return None, None
+    return allowed[-1], allowed[0]
+
+
+# The server gets one CPU and the load generator another, so neither steals the other's core.
+# On a single-CPU machine nothing is pinned.
+SERVER_CPU, CLIENT_CPU = _pick_cpus()
+
+
+def _pinned_to(cpu):
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+def cpu_seconds(pid):
+    """Seconds a whole process has spent on a CPU, from schedstat nanoseconds (as loadgen does)."""
+    nanos = 0
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # the thread exited meanwhile
+            nanos += int((task / "schedstat").read_text().split()[0])
+    return nanos / 1e9
+
+
+@contextlib.contextmanager
+def _endpoint(family):
+    if family == "tcp":
+        yield "tcp:127.0.0.1:0"
+    else:
+        with tempfile.TemporaryDirectory(prefix="oxio-bench-") as tmp:
+            yield f"unix:{tmp}/echo.sock"
+
+
+def _tail(text):
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else "no output"
+
+
+@contextlib.contextmanager
+def _server(command, family):
+    """Runs a server until the block ends; yields its pid and the address it listens on."""
+    with _endpoint(family) as endpoint, tempfile.TemporaryFile("w+") as stderr:
+        # stderr goes to a file: a server logging errors must not block on a full pipe.
+        proc = subprocess.Popen(
+            [*command, endpoint],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            preexec_fn=_pinned_to(SERVER_CPU),
+        )
+        try:
+            ready, _, _ = select.select([proc.stdout], [], [], 30)
+            line = proc.stdout.readline() if ready else ""
+            status = json.loads(line) if line.startswith("{") else {}
+            if "address" not in status:
+                stderr.seek(0)
+                raise Unavailable(status.get("missing") or f"server failed: {_tail(stderr.read())}")
+            try:
+                yield proc.pid, status["address"]
+            except Unavailable as exc:
+                stderr.seek(0)
+                raise Unavailable(f"{exc}; server stderr: {_tail(stderr.read())}") from None
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def _run_client(command, timeout):
+    try:
+        out = subprocess.run(
+            [str(arg) for arg in command],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=_pinned_to(CLIENT_CPU),
+        )
+    except subprocess.TimeoutExpired:
+        raise Unavailable(f"{pathlib.Path(command[0]).name} timed out") from None
+    if out.returncode != 0:
+        raise Unavailable(f"{pathlib.Path(command[0]).name} failed: {_tail(out.stderr)}")
+    return out.stdout
+
+
+def measure_echo(server_command, family, size, opts):
+    if not LOADGEN.exists():
+        raise Unavailable(f"{LOADGEN} is not built (make bench-deps builds it)")
+    with _server(server_command, family) as (pid, address):
+        out = _run_client(
+            [LOADGEN, "--connect", address, "--connections", opts.connections, "--size", size,
+             "--warmup", opts.warmup, "--duration", opts.seconds, "--server-pid", pid],
+            timeout=opts.warmup + opts.seconds + 60,
+        )  # fmt: skip
+    return json.loads(out)
+
+
+def measure_limit(family, size, opts):
+    """The reference server's figures for an echo row's (family, size)."""
+    return measure_echo([ECHO_LIMIT, "--listen"], family, size, opts)
+
+
+def _python_server(loop, server):
+    return [sys.executable, str(HERE / "net_servers.py"), loop, server]
+
+
+@dataclasses.dataclass(frozen=True)
+class EchoRow:
+    name: str
+    server: str
+    family: str
+    size: int
+    kind = "network"
+
+    @property
+    def limit(self):
+        return (self.family, self.size)
+
+    def measure(self, loop, opts):
+        return measure_echo(_python_server(loop, self.server), self.family, self.size, opts)
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpRow:
+    """wrk against HttpProtocol; `script` is a wrk Lua script that shapes the requests."""
+
+    name: str
+    script: str | None
+    kind = "network"
+    limit = None
+
+    def measure(self, loop, opts):
+        if shutil.which("wrk") is None:
+            raise Unavailable("wrk is not installed (make bench-deps installs it)")
+        # wrk takes whole seconds and has no warm-up phase of its own.
+        seconds = max(1, round(opts.seconds))
+        command = ["wrk", "-t1", f"-c{opts.connections}", f"-d{seconds}s"]
+        if self.script:
+            command += ["-s", HERE / self.script]
+        with _server(_python_server(loop, "http"), "tcp") as (pid, address):
+            cpu = cpu_seconds(pid)
+            out = _run_client([*command, f"http://{address.removeprefix('tcp:')}/"], seconds + 60)
+            cpu = cpu_seconds(pid) - cpu
+        return self._parse(out, cpu)
+
+    @staticmethod
+    def _parse(out, cpu):
+        requests = re.search(r"(\d+) requests in", out)
+        rate = re.search(r"Requests/sec:\s*([\d.]+)", out)
+        errors = re.search(r"(Socket errors|Non-2xx or 3xx responses):.*", out)
+        if errors or not requests or not rate or int(requests[1]) == 0:
+            raise Unavailable(f"wrk: {errors[0] if errors else _tail(out)}")
+        ops = int(requests[1])
+        return {"ops": ops, "wall": ops / float(rate[1]), "cpu": cpu}
+
+
+# net_servers.py server name: how the rows call the API it echoes through.
+ECHO_APIS = {
+    "sock": "sock_*",
+    "protocol": "Protocol",
+    "buffered": "BufferedProtocol",
+    "streams": "streams",
+}
+
+ROWS = [
+    *(
+        EchoRow(f"TCP {label} echo {size} KiB", server, "tcp", size * KIB)
+        for server, label in ECHO_APIS.items()
+        for size in (1, 10, 100)
+    ),
+    EchoRow("Unix Protocol echo 1 KiB", "protocol", "unix", KIB),
+    HttpRow("HTTP/1.1 keep-alive", None),
+    HttpRow("HTTP/1.1 pipelined x16", "http_pipeline.lua"),
+]
