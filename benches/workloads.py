@@ -109,6 +109,27 @@ async def sock_echo(n=20_000, size=1024):
     return n
 
 
+async def subprocess_spawn(n=300):
+    """Spawn `true` and wait for it, one after another: the whole create/exit/reap path."""
+    for _ in range(n):
+        proc = await asyncio.create_subprocess_exec("true")
+        await proc.wait()
+    return n
+
+
+async def subprocess_pipe(mib=1024):
+    """MiB read from a child writing `mib` MiB of zeros to its stdout, through a StreamReader."""
+    proc = await asyncio.create_subprocess_exec(
+        "head", "-c", f"{mib}M", "/dev/zero", stdout=asyncio.subprocess.PIPE
+    )
+    total = 0
+    while chunk := await proc.stdout.read(1 << 20):
+        total += len(chunk)
+    await proc.wait()
+    assert total == mib << 20, total
+    return mib
+
+
 WORKLOADS = {
     "call_soon": call_soon,
     "call_later": call_later,
@@ -116,7 +137,12 @@ WORKLOADS = {
     "gather 100k": gather,
     "queue ping-pong": queue_ping_pong,
     "sock_* echo 1 KiB": sock_echo,
+    "subprocess spawn+wait": subprocess_spawn,
+    "subprocess pipe MiB": subprocess_pipe,
 }
+
+# The warm-up runs each workload once with this size (default 1000 operations).
+WARMUP_SIZE = {"subprocess spawn+wait": 20, "subprocess pipe MiB": 16}
 
 
 def new_loop(name):
@@ -140,7 +166,7 @@ def new_loop(name):
 def measure(loop_name, workload):
     loop = new_loop(loop_name)
     try:
-        loop.run_until_complete(WORKLOADS[workload](1000))  # warm-up
+        loop.run_until_complete(WORKLOADS[workload](WARMUP_SIZE.get(workload, 1000)))
         wall, cpu = time.perf_counter(), time.process_time()
         ops = loop.run_until_complete(WORKLOADS[workload]())
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

@@ -1,7 +1,7 @@
 """Version switches: every place where asyncio's behaviour depends on the Python version."""
 
 import sys
-from asyncio import unix_events
+from asyncio import events, unix_events
 
 PY312 = sys.version_info >= (3, 12)
 PY313 = sys.version_info >= (3, 13)
@@ -42,3 +42,15 @@ def new_server(loop, sockets, protocol_factory, backlog):
     if PY312:
         return asyncio.Server(loop, sockets, protocol_factory, None, backlog, None, None)
     return asyncio.Server(loop, sockets, protocol_factory, None, backlog, None)
+
+
+def policy_child_watcher():
+    """The child watcher installed on the event loop policy, or None (3.14 has none).
+
+    asyncio's loop takes its child watcher from the policy on 3.11 to 3.13; oxio does so only
+    when one was installed there (by the user, or by a call to `get_child_watcher()`), and
+    otherwise watches its children itself.
+    """
+    if PY314:
+        return None
+    return getattr(events.get_event_loop_policy(), "_watcher", None)

@@ -27,6 +27,11 @@ class DebugMixin:
     def _log_slow_callback(self, handle, seconds):
         logger.warning("Executing %r took %.3f seconds", handle, seconds)
 
+    @property
+    def _debug(self):
+        """asyncio's private flag, read by code borrowed from `BaseEventLoop` and by libraries."""
+        return self.get_debug()
+
     def set_debug(self, enabled):
         self._set_debug_flag(bool(enabled))
         if self.is_running():

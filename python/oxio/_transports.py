@@ -6,17 +6,22 @@ what user code sees and may patch, and it owns the socket object.
 
 import socket
 import warnings
-from asyncio import transports, trsock
+from asyncio import constants, transports, trsock
 
 from . import _compat
 from ._oxio import StreamCore
 
 
-class SocketTransport(transports.Transport):
+class SocketTransport(transports._FlowControlMixin, transports.Transport):
+    """A `_FlowControlMixin` like asyncio's socket transports, which `loop.sendfile()`'s
+    fallback requires; the flow control itself is native."""
+
     _sock = None  # read by __del__ even if __init__ failed early
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
-        super().__init__(extra)
+        # The mixin's own __init__ would set up a second, Python-side flow control.
+        transports.Transport.__init__(self, extra)
         self._extra["socket"] = trsock.TransportSocket(sock)
         try:
             self._extra["sockname"] = sock.getsockname()
@@ -100,6 +105,17 @@ class SocketTransport(transports.Transport):
 
     def get_protocol(self):
         return self._core.get_protocol()
+
+    @property
+    def _protocol_paused(self):
+        return self._core._protocol_paused()
+
+    def _make_empty_waiter(self):
+        """A future done once the write queue is empty (for sendfile)."""
+        return self._core._make_empty_waiter()
+
+    def _reset_empty_waiter(self):
+        self._core._reset_empty_waiter()
 
     def _connection_lost_done(self):
         """Called by the core after protocol.connection_lost(): release the socket."""

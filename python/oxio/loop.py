@@ -13,13 +13,17 @@ from ._executor import ExecutorMixin
 from ._network import NetworkMixin
 from ._oxio import EventLoop
 from ._pipes import PipesMixin
+from ._sendfile import SendfileMixin
 from ._signals import SignalMixin
 from ._sock import SockMixin
+from ._subprocess import SubprocessMixin
 
 
 class Loop(
     NetworkMixin,
     PipesMixin,
+    SendfileMixin,
+    SubprocessMixin,
     SockMixin,
     SignalMixin,
     ExecutorMixin,
@@ -107,6 +111,7 @@ class Loop(
             self._signal_handlers = None
         else:
             self._close_signals()
+        self._close_child_watcher()
         self._close()
         self._shutdown_executor_now()
 

@@ -9,7 +9,7 @@ use std::io;
 use oxio_core::stream::{recv, send, shutdown_write};
 use oxio_core::WriteQueue;
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyConnectionError, PyOSError, PyRuntimeError, PyTypeError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -35,6 +35,9 @@ pub struct StreamCore {
     /// Nonzero once `connection_lost` is scheduled; counts writes attempted after that.
     conn_lost: u32,
     reading_paused: bool,
+    /// Set while `loop.sendfile()` owns the socket: done once the write queue is empty, and
+    /// `write()` is refused until it is reset.
+    empty_waiter: Option<Py<PyAny>>,
 }
 
 impl Core for StreamCore {
@@ -74,6 +77,23 @@ impl StreamCore {
             transport::report_error(slf, message, &err)?;
         }
         Self::force_close(slf, Some(err.value(py).clone().into_any()))
+    }
+
+    /// Completes a pending empty waiter with `None` or with `exc`, unless it is already done.
+    fn settle_empty_waiter(slf: &Bound<'_, Self>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let Some(waiter) = slf.borrow().empty_waiter.as_ref().map(|w| w.clone_ref(py)) else {
+            return Ok(());
+        };
+        let waiter = waiter.bind(py);
+        if waiter.call_method0(intern!(py, "done"))?.is_truthy()? {
+            return Ok(());
+        }
+        match exc {
+            Some(exc) => waiter.call_method1(intern!(py, "set_exception"), (exc,))?,
+            None => waiter.call_method1(intern!(py, "set_result"), (py.None(),))?,
+        };
+        Ok(())
     }
 
     fn force_close(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
@@ -199,10 +219,18 @@ impl StreamCore {
     /// watching for writability when something is left.
     fn write_bytes(slf: &Bound<'_, Self>, data: &[u8]) -> PyResult<()> {
         let py = slf.py();
-        if slf.borrow().eof {
-            return Err(PyRuntimeError::new_err(
-                "Cannot call write() after write_eof()",
-            ));
+        {
+            let this = slf.borrow();
+            if this.eof {
+                return Err(PyRuntimeError::new_err(
+                    "Cannot call write() after write_eof()",
+                ));
+            }
+            if this.empty_waiter.is_some() {
+                return Err(PyRuntimeError::new_err(
+                    "unable to write; sendfile is in progress",
+                ));
+            }
         }
         if data.is_empty() {
             return Ok(());
@@ -262,6 +290,7 @@ impl StreamCore {
             eof: false,
             conn_lost: 0,
             reading_paused: false,
+            empty_waiter: None,
         })
     }
 
@@ -424,11 +453,10 @@ impl StreamCore {
             Err(err) => {
                 remove_writer(slf)?;
                 slf.borrow_mut().queue.clear();
-                return Self::fatal_error(
-                    slf,
-                    os_error(slf.py(), err),
-                    "Fatal write error on socket transport",
-                );
+                let err = os_error(slf.py(), err);
+                let exc = err.value(slf.py()).clone().into_any();
+                Self::fatal_error(slf, err, "Fatal write error on socket transport")?;
+                return Self::settle_empty_waiter(slf, Some(&exc));
             }
             Ok(_) => {}
         }
@@ -444,6 +472,7 @@ impl StreamCore {
         };
         if drained {
             remove_writer(slf)?;
+            Self::settle_empty_waiter(slf, None)?;
             if closing {
                 slf.borrow_mut().conn_lost += 1;
                 transport::call_connection_lost(slf, None)?;
@@ -455,11 +484,13 @@ impl StreamCore {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        self.wiring.traverse(&visit)
+        self.wiring.traverse(&visit)?;
+        visit.call(&self.empty_waiter)
     }
 
     fn __clear__(&mut self) {
         self.wiring.clear();
+        self.empty_waiter = None;
     }
 
     /// Runs `protocol.connection_lost(exc)`, then lets the Python transport close the socket.
@@ -469,6 +500,31 @@ impl StreamCore {
         exc: Option<Bound<'_, PyAny>>,
         _transport: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        transport::call_connection_lost(slf, exc)
+        let result = transport::call_connection_lost(slf, exc);
+        let py = slf.py();
+        let closed = PyConnectionError::new_err("Connection is closed by peer");
+        Self::settle_empty_waiter(slf, Some(closed.value(py).as_any()))?;
+        result
+    }
+
+    fn _make_empty_waiter(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        if slf.borrow().empty_waiter.is_some() {
+            return Err(PyRuntimeError::new_err("Empty waiter is already set"));
+        }
+        let waiter = transport::loop_of(slf).call_method0(intern!(py, "create_future"))?;
+        slf.borrow_mut().empty_waiter = Some(waiter.clone().unbind());
+        if slf.borrow().queue.is_empty() {
+            Self::settle_empty_waiter(slf, None)?;
+        }
+        Ok(waiter.unbind())
+    }
+
+    fn _reset_empty_waiter(&mut self) {
+        self.empty_waiter = None;
+    }
+
+    fn _protocol_paused(&self) -> bool {
+        self.flow.is_paused()
     }
 }

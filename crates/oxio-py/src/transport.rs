@@ -298,6 +298,11 @@ impl FlowControl {
         Ok(())
     }
 
+    /// Whether the protocol was told to pause writing and not yet to resume.
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused
+    }
+
     /// `(low, high)`, as `get_write_buffer_limits()` returns them.
     pub(crate) fn limits(&self) -> (usize, usize) {
         (self.low, self.high)
