@@ -388,3 +388,20 @@ def test_unix_socket_server_and_connection(loop, run, tmp_path):
         await server.wait_closed()
 
     run(main())
+
+
+def test_queued_bytes_are_a_copy_of_what_was_written(loop, run):
+    async def main():
+        transport, protocol, peer = await connected_pair(loop)
+        block = bytearray(b"a" * (4 * 1024 * 1024))
+        transport.write(block)
+        assert transport.get_write_buffer_size() > 0  # the socket took only part of it
+        block[:] = b"b" * len(block)  # changing the caller's object changes nothing queued
+        transport.write(memoryview(b"0123456789")[2:7])
+        transport.close()
+        received = await read_until_eof(loop, peer)
+        assert received == b"a" * (4 * 1024 * 1024) + b"23456"
+        await protocol.done
+        peer.close()
+
+    run(main())

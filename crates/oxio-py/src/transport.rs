@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::io;
 use std::os::fd::RawFd;
 
+use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PySystemExit, PyTypeError, PyValueError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
@@ -47,14 +48,22 @@ pub(crate) fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R)
         return Ok(f(bytes.as_bytes()));
     }
     if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
-        // Copied out: the object may be resized by Python code while we hold a view of it.
-        let copy = data
-            .py()
-            .import("builtins")?
-            .getattr("bytes")?
-            .call1((data,))?;
-        let copy = copy.cast::<PyBytes>()?;
-        return Ok(f(copy.as_bytes()));
+        let buffer = PyBuffer::<u8>::get(data)?;
+        if !buffer.is_c_contiguous() {
+            // asyncio copies such views into a bytes object too (`bytes(memoryview)`).
+            let copy = PyBytes::new(data.py(), &buffer.to_vec(data.py())?);
+            return Ok(f(copy.as_bytes()));
+        }
+        // SAFETY: the buffer is C-contiguous and `item_count()` bytes long; holding the export
+        // (`buffer`, dropped after `f`) forbids resizing the exporter, so the memory stays valid
+        // even if `f` runs Python code. The slice does not outlive `f`: whatever a transport
+        // keeps of it, it copies.
+        let view = unsafe {
+            std::slice::from_raw_parts(buffer.buf_ptr().cast::<u8>(), buffer.item_count())
+        };
+        let result = f(view);
+        drop(buffer);
+        return Ok(result);
     }
     Err(PyTypeError::new_err(format!(
         "data argument must be a bytes-like object, not {:?}",
