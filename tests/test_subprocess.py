@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 
@@ -14,6 +15,21 @@ import pytest
 
 PY = sys.executable
 PIPE = asyncio.subprocess.PIPE
+
+
+@pytest.fixture(autouse=True)
+def no_policy_child_watcher():
+    """asyncio's loop installs a ThreadedChildWatcher on the policy the first time it spawns a
+    child (3.11 to 3.13), and oxio honours a watcher found there. Each test ends by removing
+    it, so that oxio's own pidfd watching is what the oxio runs exercise."""
+    yield
+    policy = asyncio.get_event_loop_policy()
+    watcher = getattr(policy, "_watcher", None)
+    if watcher is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            policy.set_child_watcher(None)
+        watcher.close()
 
 
 def fd_count():
@@ -284,3 +300,62 @@ def test_loop_closed_with_a_child_still_running(loop_factory):
         del proc
         gc.collect()
     assert fd_count() == fds_before
+
+
+def test_popen_keywords_are_forwarded(loop, run):
+    async def main():
+        code = "import os; print(os.getsid(0) == os.getpid(), oct(os.umask(0)))"
+        proc = await asyncio.create_subprocess_exec(
+            PY, "-c", code, stdout=PIPE, start_new_session=True, umask=0o027
+        )
+        out, _ = await proc.communicate()
+        assert out.split() == [b"True", b"0o27"]
+        proc = await asyncio.create_subprocess_exec(
+            PY, "-c", "import os; print(os.getpgid(0) == os.getpid())", stdout=PIPE, process_group=0
+        )
+        assert (await proc.communicate())[0] == b"True\n"
+
+    run(main())
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="child watchers are deprecated from 3.12")
+def test_a_child_watcher_installed_on_the_policy_is_used(loop, run):
+    """On 3.11, asyncio.get_child_watcher() keeps working, and the loop honours the watcher."""
+
+    class CountingWatcher(asyncio.ThreadedChildWatcher):
+        added = 0
+
+        def add_child_handler(self, pid, callback, *args):
+            CountingWatcher.added += 1
+            super().add_child_handler(pid, callback, *args)
+
+    watcher = CountingWatcher()
+    asyncio.set_child_watcher(watcher)
+    try:
+        assert asyncio.get_child_watcher() is watcher
+
+        async def main():
+            proc = await asyncio.create_subprocess_exec("true")
+            return await proc.wait()
+
+        assert run(main()) == 0
+        assert CountingWatcher.added == 1
+    finally:
+        asyncio.set_child_watcher(None)
+        watcher.close()
+
+
+@pytest.mark.parametrize("loop_name", ["oxio"], indirect=True)
+def test_oxio_watches_children_through_pidfds(loop, run):
+    """No thread per child and no SIGCHLD handler: the exit arrives as a readable pidfd."""
+    from oxio._subprocess import PidfdWatcher
+
+    async def main():
+        threads = threading.active_count()
+        procs = [await asyncio.create_subprocess_exec("sleep", "0.2") for _ in range(5)]
+        assert threading.active_count() == threads
+        assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+        assert [await proc.wait() for proc in procs] == [0] * 5
+
+    run(main())
+    assert isinstance(loop._child_watcher, PidfdWatcher)
