@@ -7,6 +7,7 @@ import weakref
 from asyncio import coroutines, events, futures, tasks
 
 from . import _compat
+from ._datagram import DatagramMixin
 from ._debug import DebugMixin
 from ._errors import ExceptionHandlerMixin
 from ._executor import ExecutorMixin
@@ -18,6 +19,7 @@ from ._sock import SockMixin
 
 class Loop(
     NetworkMixin,
+    DatagramMixin,
     SockMixin,
     SignalMixin,
     ExecutorMixin,

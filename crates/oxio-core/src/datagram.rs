@@ -312,8 +312,14 @@ impl<D> DatagramQueue<D> {
         self.datagrams.push_back((data, destination));
     }
 
-    pub fn front(&self) -> Option<&(Vec<u8>, D)> {
-        self.datagrams.front()
+    /// Puts back a datagram taken with `pop_front` that the socket did not accept.
+    pub fn push_front(&mut self, data: Vec<u8>, destination: D) {
+        self.size += data.len() + self.header_size;
+        self.datagrams.push_front((data, destination));
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &(Vec<u8>, D)> {
+        self.datagrams.iter()
     }
 
     pub fn pop_front(&mut self) -> Option<(Vec<u8>, D)> {

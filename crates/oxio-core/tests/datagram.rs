@@ -126,9 +126,12 @@ fn queue_counts_payload_and_header_until_sent() {
     queue.push(b"hello".to_vec(), 1);
     queue.push(Vec::new(), 2);
     assert_eq!(queue.size(), 5 + 8 + 8);
-    assert_eq!(queue.front().unwrap().1, 1);
-    assert_eq!(queue.pop_front().unwrap().0, b"hello");
+    let (data, destination) = queue.pop_front().unwrap();
+    assert_eq!((data.as_slice(), destination), (&b"hello"[..], 1));
     assert_eq!(queue.size(), 8);
+    queue.push_front(data, destination);
+    assert_eq!(queue.size(), 5 + 8 + 8);
+    assert_eq!(queue.iter().map(|d| d.1).collect::<Vec<_>>(), [1, 2]);
     queue.clear();
     assert!(queue.is_empty());
     assert_eq!(queue.size(), 0);

@@ -2,9 +2,11 @@
 //! this crate; the engine (`oxio-core`) stays free of Python.
 
 mod context;
+mod datagram;
 mod event_loop;
 mod fd;
 mod handle;
+mod sockaddr;
 mod stdlib;
 mod stream;
 mod tasks;
@@ -17,5 +19,6 @@ fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
     m.add_class::<stream::StreamCore>()?;
+    m.add_class::<datagram::DatagramCore>()?;
     Ok(())
 }

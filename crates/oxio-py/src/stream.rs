@@ -20,16 +20,16 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyWeakrefReference};
 
 /// asyncio's `max_size` for one `recv()` on a socket transport.
-const READ_SIZE: usize = 256 * 1024;
+pub(crate) const READ_SIZE: usize = 256 * 1024;
 /// asyncio's default flow-control limits (`transports._FlowControlMixin`).
 const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 /// asyncio warns once this many writes were attempted after the connection was lost.
-const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+pub(crate) const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
 thread_local! {
     /// One read buffer per loop thread, shared by every transport: data is copied out into a
     /// `bytes` before the protocol runs, so no transport holds it across Python code.
-    static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
+    pub(crate) static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
 }
 
 #[pyclass(module = "oxio._oxio")]
@@ -57,7 +57,7 @@ pub struct StreamCore {
     reading_paused: bool,
 }
 
-fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
+pub(crate) fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
 }
 
@@ -378,7 +378,7 @@ impl StreamCore {
 }
 
 /// The bytes of a bytes-like object, as `socket.send()` would take them.
-fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+pub(crate) fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
     if let Ok(bytes) = data.cast::<PyBytes>() {
         return Ok(f(bytes.as_bytes()));
     }
