@@ -66,9 +66,10 @@ def test_transport_is_an_asyncio_transport_with_reassignable_write(loop, run):
         assert isinstance(transport, asyncio.ReadTransport)
         assert isinstance(transport, asyncio.WriteTransport)
         assert transport.get_protocol() is protocol
-        assert transport.get_extra_info("socket").fileno() == transport.get_extra_info(
-            "socket"
-        ).fileno()
+        assert (
+            transport.get_extra_info("socket").fileno()
+            == transport.get_extra_info("socket").fileno()
+        )
         assert transport.get_extra_info("peername") is not None
         assert transport.get_extra_info("missing", "default") == "default"
         assert transport.can_write_eof() is True

@@ -111,9 +111,7 @@ class DatagramMixin:
             raise ValueError("can not get address information")
         return candidates
 
-    async def _open_datagram_socket(
-        self, candidates, bind, connect, reuse_port, allow_broadcast
-    ):
+    async def _open_datagram_socket(self, candidates, bind, connect, reuse_port, allow_broadcast):
         """The first candidate socket that binds and connects, and the remote address the
         transport must send to; the first error if none does."""
         exceptions = []

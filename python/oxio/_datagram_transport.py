@@ -28,7 +28,8 @@ class DatagramTransport(transports.DatagramTransport):
             sock,
             protocol,
             remote=address,
-            connected=self._extra["peername"] is not None,
+            # asyncio tests the peer name's truth: a socketpair's '' counts as unconnected.
+            connected=bool(self._extra["peername"]),
             header_size=_compat.DATAGRAM_HEADER_SIZE,
             sends_empty=_compat.DATAGRAM_SENDS_EMPTY,
         )
