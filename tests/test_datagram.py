@@ -371,6 +371,7 @@ def test_transport_is_a_datagram_transport(loop, loop_name, run, unix_pair):
         # asyncio's own class derives from asyncio.DatagramTransport only from 3.13 on.
         if loop_name == "oxio" or _compat.PY313:
             assert isinstance(transport, asyncio.DatagramTransport)
+        assert isinstance(transport, asyncio.Transport)
         await close(transport)
 
     run(main())

@@ -12,7 +12,10 @@ from ._oxio import DatagramCore
 from ._transports import _set_result_unless_cancelled, add_socket_extra
 
 
-class DatagramTransport(transports.DatagramTransport):
+class DatagramTransport(transports.DatagramTransport, transports.Transport):
+    """Also an `asyncio.Transport`, as asyncio's own datagram transport is on every version
+    (code and CPython's tests check for it); its stream methods raise NotImplementedError."""
+
     _sock = None  # read by __del__ even if __init__ failed early
 
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
