@@ -12,6 +12,12 @@ EXCEPTION_HANDLER_RUNS_IN_CONTEXT = PY312
 # 3.14 passes every keyword of create_task() through to the task factory.
 CREATE_TASK_FORWARDS_KWARGS = PY314
 
+# 3.13 made DatagramTransport.sendto(b"") send an empty datagram (it did nothing before), and
+# counts 8 header bytes per queued datagram in the write buffer size, so that a flood of empty
+# datagrams still reaches the high-water mark.
+DATAGRAM_SENDS_EMPTY = PY313
+DATAGRAM_HEADER_SIZE = 8 if PY313 else 0
+
 # asyncio.DefaultEventLoopPolicy on Unix, by the private name that exists on 3.11 to 3.14: 3.14
 # deprecates the public name (and warns on access), not the class.
 DefaultEventLoopPolicy = unix_events._UnixDefaultEventLoopPolicy

@@ -1,5 +1,6 @@
 """Type stubs of the Rust extension `oxio._oxio` (checked by `mypy.stubtest` in `make lint`)."""
 
+import socket
 from asyncio import BaseProtocol, Future, Task
 from collections.abc import Callable, Coroutine, Iterable
 from contextvars import Context
@@ -8,7 +9,15 @@ from typing import Any, final
 from _typeshed import FileDescriptorLike
 from typing_extensions import Buffer, disjoint_base
 
-__all__ = ["EventLoop", "Handle", "ReadPipeCore", "StreamCore", "TimerHandle", "WritePipeCore"]
+__all__ = [
+    "DatagramCore",
+    "EventLoop",
+    "Handle",
+    "ReadPipeCore",
+    "StreamCore",
+    "TimerHandle",
+    "WritePipeCore",
+]
 
 @disjoint_base
 class Handle:
@@ -192,6 +201,38 @@ class WritePipeCore:
     def _watch_for_hangup(self, _transport: Any = None) -> None: ...
     def _read_ready(self, _transport: Any = None) -> None: ...
     def _write_ready(self, _transport: Any = None) -> None: ...
+    def _call_connection_lost(
+        self, exc: BaseException | None = None, _transport: Any = None
+    ) -> None: ...
+
+@final
+class DatagramCore:
+    """The native half of a datagram transport: receiving, sendto's queue, flow control, close."""
+
+    def __new__(
+        cls,
+        loop: Any,
+        transport: Any,
+        sock: socket.socket,
+        protocol: BaseProtocol,
+        *,
+        remote: Any,
+        connected: bool,
+        header_size: int,
+        sends_empty: bool,
+    ) -> DatagramCore: ...
+    def sendto(self, data: Buffer, addr: Any = None) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+    def is_closing(self) -> bool: ...
+    def _start_reading(self, _transport: Any = None) -> None: ...
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
+    def get_write_buffer_limits(self) -> tuple[int, int]: ...
+    def get_write_buffer_size(self) -> int: ...
+    def set_protocol(self, protocol: BaseProtocol) -> None: ...
+    def get_protocol(self) -> BaseProtocol | None: ...
+    def _read_ready(self, _transport: Any = None) -> None: ...
+    def _sendto_ready(self, _transport: Any = None) -> None: ...
     def _call_connection_lost(
         self, exc: BaseException | None = None, _transport: Any = None
     ) -> None: ...

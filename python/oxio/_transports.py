@@ -22,16 +22,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         # The mixin's own __init__ would set up a second, Python-side flow control.
         transports.Transport.__init__(self, extra)
-        self._extra["socket"] = trsock.TransportSocket(sock)
-        try:
-            self._extra["sockname"] = sock.getsockname()
-        except OSError:
-            self._extra["sockname"] = None
-        if "peername" not in self._extra:
-            try:
-                self._extra["peername"] = sock.getpeername()
-            except OSError:
-                self._extra["peername"] = None
+        add_socket_extra(self._extra, sock)
         self._loop = loop
         self._sock = sock
         self._sock_fd = sock.fileno()
@@ -126,6 +117,20 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         if server is not None:
             _compat.server_detach(server, self)
             self._server = None
+
+
+def add_socket_extra(extra, sock):
+    """The `socket`, `sockname` and `peername` entries of `get_extra_info()`, as asyncio's."""
+    extra["socket"] = trsock.TransportSocket(sock)
+    try:
+        extra["sockname"] = sock.getsockname()
+    except OSError:
+        extra["sockname"] = None
+    if "peername" not in extra:
+        try:
+            extra["peername"] = sock.getpeername()
+        except OSError:
+            extra["peername"] = None
 
 
 def _set_result_unless_cancelled(fut, result):

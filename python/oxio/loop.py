@@ -7,6 +7,7 @@ import weakref
 from asyncio import coroutines, events, futures, tasks
 
 from . import _compat
+from ._datagram import DatagramMixin
 from ._debug import DebugMixin
 from ._errors import ExceptionHandlerMixin
 from ._executor import ExecutorMixin
@@ -24,6 +25,7 @@ class Loop(
     PipesMixin,
     SendfileMixin,
     SubprocessMixin,
+    DatagramMixin,
     SockMixin,
     SignalMixin,
     ExecutorMixin,

@@ -1,5 +1,5 @@
 //! The oxio engine: a monotonic clock, a timer heap, a level-triggered readiness poller, a
-//! cross-thread waker, and the byte paths of stream sockets.
+//! cross-thread waker, the byte paths of stream and datagram sockets, and write flow control.
 //!
 //! Nothing here knows about Python. The binding crate (`oxio-py`) owns every Python object and
 //! drives one loop iteration out of these parts, in the phases written down in `docs/design.md`.
@@ -7,12 +7,16 @@
 //! `polling` does, so the engine can be tested, fuzzed and sanitised without libpython.
 
 pub mod clock;
+pub mod datagram;
+pub mod flow_control;
 pub mod reactor;
 pub mod stream;
 pub mod timer;
 pub mod waker;
 
 pub use clock::monotonic;
+pub use datagram::{Address, DatagramQueue, SockAddr};
+pub use flow_control::FlowControl;
 pub use reactor::{Event, Events, Interest, Poller};
 pub use stream::WriteQueue;
 pub use timer::TimerHeap;

@@ -2,10 +2,12 @@
 //! this crate; the engine (`oxio-core`) stays free of Python.
 
 mod context;
+mod datagram;
 mod event_loop;
 mod fd;
 mod handle;
 mod pipe;
+mod sockaddr;
 mod stdlib;
 mod stream;
 mod tasks;
@@ -21,5 +23,6 @@ fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<stream::StreamCore>()?;
     m.add_class::<pipe::ReadPipeCore>()?;
     m.add_class::<pipe::WritePipeCore>()?;
+    m.add_class::<datagram::DatagramCore>()?;
     Ok(())
 }

@@ -395,8 +395,7 @@ impl StreamCore {
         high: Option<i64>,
         low: Option<i64>,
     ) -> PyResult<()> {
-        slf.borrow_mut().flow.set_limits(high, low)?;
-        maybe_pause_protocol(slf)
+        transport::set_write_buffer_limits(slf, high, low)
     }
 
     fn get_write_buffer_limits(&self) -> (usize, usize) {

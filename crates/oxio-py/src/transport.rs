@@ -18,11 +18,10 @@ use pyo3::pyclass::boolean_struct::False;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyWeakrefReference};
 use pyo3::PyClass;
 
+pub(crate) use oxio_core::FlowControl;
+
 /// asyncio's `max_size` for one read on a socket or pipe transport.
 pub(crate) const READ_SIZE: usize = 256 * 1024;
-/// asyncio's default flow-control high-water mark (`transports._FlowControlMixin`); the low one
-/// defaults to a quarter of it.
-const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 /// asyncio warns once this many writes were attempted after the connection was lost.
 pub(crate) const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
@@ -275,47 +274,17 @@ pub(crate) fn call_connection_lost<T: Core>(
     result
 }
 
-/// asyncio's write-buffer water marks and whether the protocol was told to pause.
-pub(crate) struct FlowControl {
-    high: usize,
-    low: usize,
-    paused: bool,
-}
-
-impl Default for FlowControl {
-    fn default() -> Self {
-        Self {
-            high: DEFAULT_HIGH_WATER,
-            low: DEFAULT_HIGH_WATER / 4,
-            paused: false,
-        }
-    }
-}
-
-impl FlowControl {
-    /// `set_write_buffer_limits(high, low)` with asyncio's defaults and check.
-    pub(crate) fn set_limits(&mut self, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
-        let high = high.unwrap_or_else(|| low.map_or(DEFAULT_HIGH_WATER as i64, |l| 4 * l));
-        let low = low.unwrap_or(high / 4);
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high}) must be >= low ({low}) must be >= 0"
-            )));
-        }
-        self.high = high as usize;
-        self.low = low as usize;
-        Ok(())
-    }
-
-    /// Whether the protocol was told to pause writing and not yet to resume.
-    pub(crate) fn is_paused(&self) -> bool {
-        self.paused
-    }
-
-    /// `(low, high)`, as `get_write_buffer_limits()` returns them.
-    pub(crate) fn limits(&self) -> (usize, usize) {
-        (self.low, self.high)
-    }
+/// `set_write_buffer_limits(high, low)` for any write core: asyncio's defaults and check.
+pub(crate) fn set_write_buffer_limits<T: WriteCore>(
+    slf: &Bound<'_, T>,
+    high: Option<i64>,
+    low: Option<i64>,
+) -> PyResult<()> {
+    slf.borrow_mut()
+        .flow_mut()
+        .set_limits(high, low)
+        .map_err(PyValueError::new_err)?;
+    maybe_pause_protocol(slf)
 }
 
 /// Calls `protocol.pause_writing()` when the buffer grew past the high-water mark.
@@ -324,11 +293,9 @@ pub(crate) fn maybe_pause_protocol<T: WriteCore>(slf: &Bound<'_, T>) -> PyResult
     {
         let mut this = slf.borrow_mut();
         let size = this.write_buffer_size();
-        let flow = this.flow_mut();
-        if size <= flow.high || flow.paused {
+        if !this.flow_mut().should_pause(size) {
             return Ok(());
         }
-        flow.paused = true;
     }
     call_flow_hook(
         slf,
@@ -343,11 +310,9 @@ pub(crate) fn maybe_resume_protocol<T: WriteCore>(slf: &Bound<'_, T>) -> PyResul
     {
         let mut this = slf.borrow_mut();
         let size = this.write_buffer_size();
-        let flow = this.flow_mut();
-        if !flow.paused || size > flow.low {
+        if !this.flow_mut().should_resume(size) {
             return Ok(());
         }
-        flow.paused = false;
     }
     call_flow_hook(
         slf,

@@ -1,0 +1,94 @@
+//! asyncio's write flow control (`transports._FlowControlMixin`): when a transport's buffer
+//! crosses the high-water mark the protocol is paused, and resumed once it drains to the low one.
+
+/// asyncio's default high-water mark; the low one defaults to a quarter of the high one.
+pub const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+
+pub struct FlowControl {
+    high: usize,
+    low: usize,
+    /// `pause_writing()` was called and `resume_writing()` not yet.
+    paused: bool,
+}
+
+impl Default for FlowControl {
+    fn default() -> Self {
+        Self {
+            high: DEFAULT_HIGH_WATER,
+            low: DEFAULT_HIGH_WATER / 4,
+            paused: false,
+        }
+    }
+}
+
+impl FlowControl {
+    /// `set_write_buffer_limits(high, low)` with asyncio's defaulting and its error message.
+    pub fn set_limits(&mut self, high: Option<i64>, low: Option<i64>) -> Result<(), String> {
+        let high = high.unwrap_or_else(|| low.map_or(DEFAULT_HIGH_WATER as i64, |l| 4 * l));
+        let low = low.unwrap_or(high / 4);
+        if !(high >= low && low >= 0) {
+            return Err(format!("high ({high}) must be >= low ({low}) must be >= 0"));
+        }
+        self.high = high as usize;
+        self.low = low as usize;
+        Ok(())
+    }
+
+    /// Whether the protocol was paused and not yet resumed (asyncio's `_protocol_paused`).
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// `(low, high)`, the order of `get_write_buffer_limits()`.
+    pub fn limits(&self) -> (usize, usize) {
+        (self.low, self.high)
+    }
+
+    /// Whether the protocol must be paused now that `buffered` bytes are waiting.
+    pub fn should_pause(&mut self, buffered: usize) -> bool {
+        if self.paused || buffered <= self.high {
+            return false;
+        }
+        self.paused = true;
+        true
+    }
+
+    /// Whether the protocol must be resumed now that only `buffered` bytes are waiting.
+    pub fn should_resume(&mut self, buffered: usize) -> bool {
+        if !self.paused || buffered > self.low {
+            return false;
+        }
+        self.paused = false;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pauses_above_high_and_resumes_at_low() {
+        let mut flow = FlowControl::default();
+        flow.set_limits(Some(100), None).unwrap();
+        assert_eq!(flow.limits(), (25, 100));
+        assert!(!flow.should_pause(100));
+        assert!(flow.should_pause(101));
+        assert!(!flow.should_pause(500), "paused once");
+        assert!(!flow.should_resume(26));
+        assert!(flow.should_resume(25));
+        assert!(!flow.should_resume(0), "resumed once");
+    }
+
+    #[test]
+    fn limits_default_and_validate_as_asyncio() {
+        let mut flow = FlowControl::default();
+        flow.set_limits(None, Some(10)).unwrap();
+        assert_eq!(flow.limits(), (10, 40));
+        assert_eq!(
+            flow.set_limits(Some(1), Some(2)).unwrap_err(),
+            "high (1) must be >= low (2) must be >= 0"
+        );
+        assert!(flow.set_limits(Some(-1), None).is_err());
+    }
+}
