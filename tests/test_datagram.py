@@ -375,3 +375,32 @@ def test_transport_is_a_datagram_transport(loop, loop_name, run, unix_pair):
         await close(transport)
 
     run(main())
+
+
+def test_pause_and_resume_reading(loop, run):
+    async def main():
+        received = []
+        got = asyncio.Event()
+
+        class Receiver(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                received.append(data)
+                got.set()
+
+        transport, _ = await loop.create_datagram_endpoint(Receiver, local_addr=("127.0.0.1", 0))
+        address = transport.get_extra_info("sockname")
+        assert transport.is_reading()
+        transport.pause_reading()
+        assert not transport.is_reading()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"held", address)
+            await asyncio.sleep(0.05)
+            assert received == []
+            transport.resume_reading()
+            await asyncio.wait_for(got.wait(), 5)
+        assert received == [b"held"]
+        transport.close()
+        assert not transport.is_reading()
+        await asyncio.sleep(0)
+
+    run(main())

@@ -67,6 +67,15 @@ class DatagramTransport(transports.DatagramTransport, transports.Transport):
     def is_closing(self):
         return self._core.is_closing()
 
+    def is_reading(self):
+        return self._core.is_reading()
+
+    def pause_reading(self):
+        self._core.pause_reading()
+
+    def resume_reading(self):
+        self._core.resume_reading()
+
     def set_write_buffer_limits(self, high=None, low=None):
         self._core.set_write_buffer_limits(high, low)
 

@@ -62,6 +62,8 @@ pub struct DatagramCore {
     sends_empty: bool,
     /// `close()` was called (or the transport is being force-closed).
     closing: bool,
+    /// `pause_reading()` was called and `resume_reading()` not yet.
+    reading_paused: bool,
     /// Nonzero once `connection_lost` is scheduled; counts sends attempted after that.
     conn_lost: u32,
     /// `connection_lost` ran and the Python transport closed the socket: `fd` may already
@@ -321,6 +323,7 @@ impl DatagramCore {
             flow: FlowControl::default(),
             sends_empty,
             closing: false,
+            reading_paused: false,
             conn_lost: 0,
             released: false,
         })
@@ -364,6 +367,29 @@ impl DatagramCore {
         self.closing
     }
 
+    fn is_reading(&self) -> bool {
+        !self.closing && !self.reading_paused
+    }
+
+    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if !slf.borrow().is_reading() {
+            return Ok(());
+        }
+        slf.borrow_mut().reading_paused = true;
+        remove_reader(slf)
+    }
+
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        {
+            let mut this = slf.borrow_mut();
+            if this.closing || !this.reading_paused {
+                return Ok(());
+            }
+            this.reading_paused = false;
+        }
+        add_reader(slf, intern!(slf.py(), "_read_ready"))
+    }
+
     #[pyo3(signature = (high=None, low=None))]
     fn set_write_buffer_limits(
         slf: &Bound<'_, Self>,
@@ -395,7 +421,7 @@ impl DatagramCore {
         slf: &Bound<'_, Self>,
         _transport: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        if slf.borrow().closing {
+        if !slf.borrow().is_reading() {
             return Ok(());
         }
         add_reader(slf, intern!(slf.py(), "_read_ready"))
