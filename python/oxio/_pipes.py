@@ -10,15 +10,11 @@ import stat
 import warnings
 from asyncio import transports
 
+from ._core_transport import CoreReading, CoreTransport, CoreWriting, set_result_unless_cancelled
 from ._oxio import ReadPipeCore, WritePipeCore
 
 
-def _set_result_unless_cancelled(fut, result):
-    if not fut.cancelled():
-        fut.set_result(result)
-
-
-class _PipeTransport:
+class _PipeTransport(CoreTransport):
     """What both pipe directions share: the pipe object, its repr, and its release."""
 
     _pipe = None  # read by __del__ even if __init__ failed early
@@ -45,20 +41,8 @@ class _PipeTransport:
         self._pipe = None
         self._loop = None
 
-    def is_closing(self):
-        return self._core.is_closing()
 
-    def set_protocol(self, protocol):
-        self._core.set_protocol(protocol)
-
-    def get_protocol(self):
-        return self._core.get_protocol()
-
-    def close(self):
-        self._core.close()
-
-
-class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
+class ReadPipeTransport(_PipeTransport, CoreReading, transports.ReadTransport):
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
         super().__init__(extra)
         mode = self._attach(loop, pipe)
@@ -71,19 +55,10 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
         # Reading starts only once connection_made() has run.
         loop.call_soon(core._start_reading, self)
         if waiter is not None:
-            loop.call_soon(_set_result_unless_cancelled, waiter, None)
-
-    def is_reading(self):
-        return self._core.is_reading()
-
-    def pause_reading(self):
-        self._core.pause_reading()
-
-    def resume_reading(self):
-        self._core.resume_reading()
+            loop.call_soon(set_result_unless_cancelled, waiter, None)
 
 
-class WritePipeTransport(_PipeTransport, transports.WriteTransport):
+class WritePipeTransport(_PipeTransport, CoreWriting, transports.WriteTransport):
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
         super().__init__(extra)
         mode = self._attach(loop, pipe)
@@ -100,7 +75,7 @@ class WritePipeTransport(_PipeTransport, transports.WriteTransport):
             # A FIFO or socket polls readable when its reading side closes.
             loop.call_soon(core._watch_for_hangup, self)
         if waiter is not None:
-            loop.call_soon(_set_result_unless_cancelled, waiter, None)
+            loop.call_soon(set_result_unless_cancelled, waiter, None)
 
     def write(self, data):
         self._core.write(data)
@@ -113,18 +88,6 @@ class WritePipeTransport(_PipeTransport, transports.WriteTransport):
 
     def can_write_eof(self):
         return True
-
-    def abort(self):
-        self._core.abort()
-
-    def set_write_buffer_limits(self, high=None, low=None):
-        self._core.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_limits(self):
-        return self._core.get_write_buffer_limits()
-
-    def get_write_buffer_size(self):
-        return self._core.get_write_buffer_size()
 
 
 class PipesMixin:

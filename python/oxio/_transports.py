@@ -5,27 +5,36 @@ what user code sees and may patch, and it owns the socket object.
 """
 
 import socket
-import warnings
-from asyncio import constants, transports, trsock
+from asyncio import constants, transports
 
 from . import _compat
+from ._core_transport import (
+    CoreReading,
+    CoreTransport,
+    CoreWriting,
+    SocketOwner,
+    set_result_unless_cancelled,
+)
 from ._oxio import StreamCore
 
 
-class SocketTransport(transports._FlowControlMixin, transports.Transport):
+class SocketTransport(
+    SocketOwner,
+    CoreTransport,
+    CoreReading,
+    CoreWriting,
+    transports._FlowControlMixin,
+    transports.Transport,
+):
     """A `_FlowControlMixin` like asyncio's socket transports, which `loop.sendfile()`'s
     fallback requires; the flow control itself is native."""
 
-    _sock = None  # read by __del__ even if __init__ failed early
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         # The mixin's own __init__ would set up a second, Python-side flow control.
         transports.Transport.__init__(self, extra)
-        add_socket_extra(self._extra, sock)
-        self._loop = loop
-        self._sock = sock
-        self._sock_fd = sock.fileno()
+        self._own_socket(loop, sock)
         self._server = server
         self._core = core = StreamCore(loop, self, self._sock_fd, protocol)
         # NOTE: write() is the one transport method called per message; binding the native
@@ -41,16 +50,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         # Reading starts only once connection_made() has run.
         loop.call_soon(core._start_reading, self)
         if waiter is not None:
-            loop.call_soon(_set_result_unless_cancelled, waiter, None)
-
-    def __repr__(self):
-        state = "closed" if self._sock is None else "closing" if self.is_closing() else "open"
-        return f"<{type(self).__name__} fd={self._sock_fd} {state}>"
-
-    def __del__(self, _warn=warnings.warn):
-        if self._sock is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._sock.close()
+            loop.call_soon(set_result_unless_cancelled, waiter, None)
 
     def write(self, data):
         self._core.write(data)
@@ -64,39 +64,6 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
     def can_write_eof(self):
         return True
 
-    def close(self):
-        self._core.close()
-
-    def abort(self):
-        self._core.abort()
-
-    def is_closing(self):
-        return self._core.is_closing()
-
-    def is_reading(self):
-        return self._core.is_reading()
-
-    def pause_reading(self):
-        self._core.pause_reading()
-
-    def resume_reading(self):
-        self._core.resume_reading()
-
-    def set_write_buffer_limits(self, high=None, low=None):
-        self._core.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_limits(self):
-        return self._core.get_write_buffer_limits()
-
-    def get_write_buffer_size(self):
-        return self._core.get_write_buffer_size()
-
-    def set_protocol(self, protocol):
-        self._core.set_protocol(protocol)
-
-    def get_protocol(self):
-        return self._core.get_protocol()
-
     @property
     def _protocol_paused(self):
         return self._core._protocol_paused()
@@ -109,30 +76,8 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         self._core._reset_empty_waiter()
 
     def _connection_lost_done(self):
-        """Called by the core after protocol.connection_lost(): release the socket."""
-        self._sock.close()
-        self._sock = None
-        self._loop = None
+        super()._connection_lost_done()
         server = self._server
         if server is not None:
             _compat.server_detach(server, self)
             self._server = None
-
-
-def add_socket_extra(extra, sock):
-    """The `socket`, `sockname` and `peername` entries of `get_extra_info()`, as asyncio's."""
-    extra["socket"] = trsock.TransportSocket(sock)
-    try:
-        extra["sockname"] = sock.getsockname()
-    except OSError:
-        extra["sockname"] = None
-    if "peername" not in extra:
-        try:
-            extra["peername"] = sock.getpeername()
-        except OSError:
-            extra["peername"] = None
-
-
-def _set_result_unless_cancelled(fut, result):
-    if not fut.cancelled():
-        fut.set_result(result)

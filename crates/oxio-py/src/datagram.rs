@@ -18,10 +18,9 @@ use pyo3::types::PyBytes;
 
 use crate::sockaddr;
 use crate::transport::{
-    self, add_reader, add_writer, is_exit, maybe_pause_protocol, maybe_resume_protocol, os_error,
-    protocol_of, remove_reader, remove_writer, schedule_connection_lost, with_bytes,
-    with_read_buffer, Core, FlowControl, Wiring, WriteCore, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
-    READ_SIZE,
+    self, add_writer, is_exit, maybe_pause_protocol, maybe_resume_protocol, os_error, protocol_of,
+    remove_reader, remove_writer, schedule_connection_lost, with_bytes, with_read_buffer, Core,
+    FlowControl, ReadCore, Wiring, WriteCore, LOG_THRESHOLD_FOR_CONNLOST_WRITES, READ_SIZE,
 };
 
 const FATAL_READ: &str = "Fatal read error on datagram transport";
@@ -78,6 +77,20 @@ impl Core for DatagramCore {
 
     fn wiring_mut(&mut self) -> &mut Wiring {
         &mut self.wiring
+    }
+}
+
+impl ReadCore for DatagramCore {
+    fn closing(&self) -> bool {
+        self.closing
+    }
+
+    fn reading_paused(&self) -> bool {
+        self.reading_paused
+    }
+
+    fn set_reading_paused(&mut self, paused: bool) {
+        self.reading_paused = paused;
     }
 }
 
@@ -368,26 +381,24 @@ impl DatagramCore {
     }
 
     fn is_reading(&self) -> bool {
-        !self.closing && !self.reading_paused
+        ReadCore::is_reading(self)
     }
 
     fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        if !slf.borrow().is_reading() {
-            return Ok(());
-        }
-        slf.borrow_mut().reading_paused = true;
-        remove_reader(slf)
+        transport::pause_reading(slf)
     }
 
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        {
-            let mut this = slf.borrow_mut();
-            if this.closing || !this.reading_paused {
-                return Ok(());
-            }
-            this.reading_paused = false;
-        }
-        add_reader(slf, intern!(slf.py(), "_read_ready"))
+        transport::resume_reading(slf)
+    }
+
+    /// Starts reading once `connection_made()` has run, unless the protocol paused reading.
+    #[pyo3(signature = (_transport=None))]
+    fn _start_reading(
+        slf: &Bound<'_, Self>,
+        _transport: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        transport::start_reading(slf)
     }
 
     #[pyo3(signature = (high=None, low=None))]
@@ -412,19 +423,7 @@ impl DatagramCore {
     }
 
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.wiring.protocol.as_ref().map(|p| p.clone_ref(py))
-    }
-
-    /// Starts reading once `connection_made` has run, unless the transport closed meanwhile.
-    #[pyo3(signature = (_transport=None))]
-    fn _start_reading(
-        slf: &Bound<'_, Self>,
-        _transport: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        if !slf.borrow().is_reading() {
-            return Ok(());
-        }
-        add_reader(slf, intern!(slf.py(), "_read_ready"))
+        self.wiring.protocol(py)
     }
 
     /// Reader callback. `_transport` is the Python transport, passed by the watcher only to keep

@@ -19,7 +19,8 @@ use pyo3::types::PyBytes;
 use crate::transport::{
     self, add_reader, add_writer, maybe_pause_protocol, maybe_resume_protocol, os_error,
     protocol_of, remove_reader, remove_writer, schedule_connection_lost, with_bytes,
-    with_read_buffer, Core, FlowControl, Wiring, WriteCore, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    with_read_buffer, Core, FlowControl, ReadCore, Wiring, WriteCore,
+    LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 
 #[pyclass(module = "oxio._oxio")]
@@ -36,6 +37,20 @@ impl Core for ReadPipeCore {
 
     fn wiring_mut(&mut self) -> &mut Wiring {
         &mut self.wiring
+    }
+}
+
+impl ReadCore for ReadPipeCore {
+    fn closing(&self) -> bool {
+        self.closing
+    }
+
+    fn reading_paused(&self) -> bool {
+        self.paused
+    }
+
+    fn set_reading_paused(&mut self, paused: bool) {
+        self.paused = paused;
     }
 }
 
@@ -80,42 +95,28 @@ impl ReadPipeCore {
     }
 
     fn is_reading(&self) -> bool {
-        !self.paused && !self.closing
-    }
-
-    fn is_closing(&self) -> bool {
-        self.closing
+        ReadCore::is_reading(self)
     }
 
     fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        if !slf.borrow().is_reading() {
-            return Ok(());
-        }
-        slf.borrow_mut().paused = true;
-        remove_reader(slf)
+        transport::pause_reading(slf)
     }
 
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        {
-            let mut this = slf.borrow_mut();
-            if this.closing || !this.paused {
-                return Ok(());
-            }
-            this.paused = false;
-        }
-        add_reader(slf, intern!(slf.py(), "_read_ready"))
+        transport::resume_reading(slf)
     }
 
-    /// Starts reading, unless the protocol paused reading in `connection_made`.
+    /// Starts reading once `connection_made()` has run, unless the protocol paused reading.
     #[pyo3(signature = (_transport=None))]
     fn _start_reading(
         slf: &Bound<'_, Self>,
         _transport: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        if slf.borrow().is_reading() {
-            add_reader(slf, intern!(slf.py(), "_read_ready"))?;
-        }
-        Ok(())
+        transport::start_reading(slf)
+    }
+
+    fn is_closing(&self) -> bool {
+        self.closing
     }
 
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -130,7 +131,7 @@ impl ReadPipeCore {
     }
 
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.wiring.protocol.as_ref().map(|p| p.clone_ref(py))
+        self.wiring.protocol(py)
     }
 
     /// Reader callback; `_transport` rides along to keep the Python transport alive.
@@ -368,7 +369,7 @@ impl WritePipeCore {
     }
 
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.wiring.protocol.as_ref().map(|p| p.clone_ref(py))
+        self.wiring.protocol(py)
     }
 
     /// Watches the pipe's own fd for reading: on a FIFO or socket that fires when the reading

@@ -124,6 +124,11 @@ impl Wiring {
         self.transport = None;
         self.protocol = None;
     }
+
+    /// `get_protocol()`.
+    pub(crate) fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.protocol.as_ref().map(|p| p.clone_ref(py))
+    }
 }
 
 /// A `#[pyclass]` transport core, for the helpers below.
@@ -137,6 +142,47 @@ pub(crate) trait WriteCore: Core {
     fn flow_mut(&mut self) -> &mut FlowControl;
     /// Bytes accepted by `write()` and not yet handed to the kernel.
     fn write_buffer_size(&self) -> usize;
+}
+
+/// A core that reads from its fd: whether the fd is watched follows asyncio's `is_reading()`.
+pub(crate) trait ReadCore: Core {
+    /// `close()` was called, or reading ended for good.
+    fn closing(&self) -> bool;
+    fn reading_paused(&self) -> bool;
+    fn set_reading_paused(&mut self, paused: bool);
+
+    fn is_reading(&self) -> bool {
+        !self.closing() && !self.reading_paused()
+    }
+}
+
+/// `pause_reading()`: stops watching the fd; a no-op when not reading.
+pub(crate) fn pause_reading<T: ReadCore>(slf: &Bound<'_, T>) -> PyResult<()> {
+    if !slf.borrow().is_reading() {
+        return Ok(());
+    }
+    slf.borrow_mut().set_reading_paused(true);
+    remove_reader(slf)
+}
+
+/// `resume_reading()`: watches the fd again, unless the core is closing or was not paused.
+pub(crate) fn resume_reading<T: ReadCore>(slf: &Bound<'_, T>) -> PyResult<()> {
+    {
+        let mut this = slf.borrow_mut();
+        if this.closing() || !this.reading_paused() {
+            return Ok(());
+        }
+        this.set_reading_paused(false);
+    }
+    add_reader(slf, intern!(slf.py(), "_read_ready"))
+}
+
+/// Starts reading once `connection_made()` has run, unless the protocol paused reading there.
+pub(crate) fn start_reading<T: ReadCore>(slf: &Bound<'_, T>) -> PyResult<()> {
+    if slf.borrow().is_reading() {
+        add_reader(slf, intern!(slf.py(), "_read_ready"))?;
+    }
+    Ok(())
 }
 
 pub(crate) fn transport_of<'py, T: Core>(slf: &Bound<'py, T>) -> Option<Bound<'py, PyAny>> {
