@@ -18,6 +18,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
 
     _sock = None  # read by __del__ even if __init__ failed early
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+    _start_tls_compatible = True
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         # The mixin's own __init__ would set up a second, Python-side flow control.
@@ -78,6 +79,10 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
 
     def abort(self):
         self._core.abort()
+
+    def _force_close(self, exc):
+        """Ends the connection now with `connection_lost(exc)` (a TLS layer's failures)."""
+        self._core._force_close(exc)
 
     def is_closing(self):
         return self._core.is_closing()

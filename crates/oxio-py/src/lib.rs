@@ -9,6 +9,7 @@ mod pipe;
 mod stdlib;
 mod stream;
 mod tasks;
+mod tls;
 mod transport;
 
 use pyo3::prelude::*;
@@ -21,5 +22,6 @@ fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<stream::StreamCore>()?;
     m.add_class::<pipe::ReadPipeCore>()?;
     m.add_class::<pipe::WritePipeCore>()?;
+    m.add_class::<tls::TlsProtocol>()?;
     Ok(())
 }

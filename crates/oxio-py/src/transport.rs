@@ -71,6 +71,11 @@ pub(crate) fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R)
     )))
 }
 
+/// Whether the protocol is an `asyncio.BufferedProtocol`, which receives into its own buffer.
+pub(crate) fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
+    protocol.is_instance(crate::stdlib::aio_buffered_protocol(protocol.py())?)
+}
+
 /// An OS error as Python's `socket` and `os` modules raise it: `OSError(errno, strerror)`,
 /// which Python turns into the matching subclass (`ConnectionResetError`, `BrokenPipeError`...).
 /// PyO3's own conversion keeps only the message, losing `errno`, which callers test.
@@ -238,8 +243,8 @@ pub(crate) fn report_error<T: Core>(
     Ok(())
 }
 
-/// The `asyncio` logger's warning after repeated writes to a lost connection.
-pub(crate) fn warn_writes_after_lost(py: Python<'_>, message: &str) -> PyResult<()> {
+/// A warning on the `asyncio` logger (writes to a lost connection, ignored requests).
+pub(crate) fn log_warning(py: Python<'_>, message: &str) -> PyResult<()> {
     let logger = py
         .import(intern!(py, "asyncio.log"))?
         .getattr(intern!(py, "logger"))?;
@@ -277,6 +282,8 @@ pub(crate) fn call_connection_lost<T: Core>(
 
 /// asyncio's write-buffer water marks and whether the protocol was told to pause.
 pub(crate) struct FlowControl {
+    /// The high-water mark `set_limits(None, None)` restores (TLS buffers have their own).
+    default_high: usize,
     high: usize,
     low: usize,
     paused: bool,
@@ -284,18 +291,25 @@ pub(crate) struct FlowControl {
 
 impl Default for FlowControl {
     fn default() -> Self {
-        Self {
-            high: DEFAULT_HIGH_WATER,
-            low: DEFAULT_HIGH_WATER / 4,
-            paused: false,
-        }
+        Self::new(DEFAULT_HIGH_WATER)
     }
 }
 
 impl FlowControl {
+    /// Limits of `default_high` and a quarter of it, not paused.
+    pub(crate) fn new(default_high: usize) -> Self {
+        Self {
+            default_high,
+            high: default_high,
+            low: default_high / 4,
+            paused: false,
+        }
+    }
+
     /// `set_write_buffer_limits(high, low)` with asyncio's defaults and check.
     pub(crate) fn set_limits(&mut self, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
-        let high = high.unwrap_or_else(|| low.map_or(DEFAULT_HIGH_WATER as i64, |l| 4 * l));
+        let default_high = self.default_high as i64;
+        let high = high.unwrap_or_else(|| low.map_or(default_high, |l| 4 * l));
         let low = low.unwrap_or(high / 4);
         if !(high >= low && low >= 0) {
             return Err(PyValueError::new_err(format!(
