@@ -1,9 +1,9 @@
-"""TLS: `TlsTransport`, the `asyncio.Transport` an application sees over TLS, and the loop's
+"""TLS: `SSLTransport`, the `asyncio.Transport` an application sees over TLS, and the loop's
 `start_tls` and `_make_ssl_transport`.
 
 The TLS state machine, its buffers and flow control are native (`_oxio.TlsProtocol`, asyncio's
 `SSLProtocol` rebuilt); it is the protocol of a plain `SocketTransport` below and the core of
-the `TlsTransport` above. OpenSSL does the cryptography under the user's `ssl.SSLContext`.
+the `SSLTransport` above. OpenSSL does the cryptography under the user's `ssl.SSLContext`.
 """
 
 import ssl
@@ -23,9 +23,10 @@ def _default_client_context(server_side, server_hostname):
     return context
 
 
-class TlsTransport(transports._FlowControlMixin, transports.Transport):
+class SSLTransport(transports._FlowControlMixin, transports.Transport):
     """A `_FlowControlMixin`, like asyncio's, for `loop.sendfile()`'s fallback; the flow
-    control itself is native."""
+    control itself is native. The name says "SSL", as asyncio's `_SSLProtocolTransport` does:
+    code (CPython's own tests among it) recognises TLS transports by it."""
 
     _core = None  # read by __del__ even if __init__ failed early
     _start_tls_compatible = True
@@ -155,8 +156,8 @@ class TlsMixin:
         ssl_handshake_timeout=None,
         ssl_shutdown_timeout=None,
     ):
-        """A `TlsTransport` for `protocol` over a new plain transport of `rawsock`."""
-        app_transport = TlsTransport(
+        """A `SSLTransport` for `protocol` over a new plain transport of `rawsock`."""
+        app_transport = SSLTransport(
             self,
             protocol,
             sslcontext,
@@ -187,7 +188,7 @@ class TlsMixin:
         if not getattr(transport, "_start_tls_compatible", False):
             raise TypeError(f"transport {transport!r} is not supported by start_tls()")
         waiter = self.create_future()
-        app_transport = TlsTransport(
+        app_transport = SSLTransport(
             self,
             protocol,
             sslcontext,

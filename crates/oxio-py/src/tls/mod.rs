@@ -4,7 +4,7 @@
 //!
 //! `TlsProtocol` faces two ways. To the plain transport below (`oxio._transports.SocketTransport`)
 //! it is the protocol: ciphertext arrives in `data_received` and leaves through the transport's
-//! `write`. To the application it is the core of the app transport (`oxio._tls.TlsTransport`):
+//! `write`. To the application it is the core of the app transport (`oxio._tls.SSLTransport`):
 //! plaintext arrives in `write` and leaves through the app protocol's `data_received` or
 //! `buffer_updated`. The state machine itself is in `machine.rs`. See docs/design.md, "TLS".
 
