@@ -4,14 +4,14 @@
 //! Every step is re-entered when the input it waited for arrives (`data_received`,
 //! `eof_received`, `resume_reading`), exactly where asyncio's `SSLProtocol` re-enters.
 
-use pyo3::exceptions::{PyException, PyOSError, PyRuntimeError};
+use pyo3::exceptions::{PyConnectionResetError, PyException, PyOSError, PyRuntimeError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyMemoryView, PySlice};
+use pyo3::types::{PyBytes, PyMemoryView, PySlice, PyString};
 
 use super::{bio_pending, AppState, TlsProtocol, TlsState};
 use crate::stdlib;
-use crate::transport::{self, is_exit, READ_SIZE};
+use crate::transport::{self, is_exit, maybe_pause_protocol, protocol_of, READ_SIZE};
 
 /// How a call into the `SSLObject` ended.
 enum Ssl<'py> {
@@ -477,6 +477,93 @@ impl TlsProtocol {
             transport.call_method0(method)?;
         }
         Ok(())
+    }
+}
+
+impl TlsProtocol {
+    // -- plumbing ------------------------------------------------------------------------
+
+    pub(super) fn on_eof(slf: &Bound<'_, Self>) -> PyResult<Option<bool>> {
+        let state = slf.borrow().state;
+        match state {
+            TlsState::DoHandshake => {
+                let err = PyConnectionResetError::new_err(());
+                Self::on_handshake_complete(slf, Some(err))?;
+            }
+            TlsState::Wrapped => {
+                Self::set_state(slf, TlsState::Flushing)?;
+                if slf.borrow().app_reading_paused {
+                    return Ok(Some(true));
+                }
+                Self::do_flush(slf)?;
+            }
+            TlsState::Flushing => {
+                Self::do_write(slf)?;
+                Self::set_state(slf, TlsState::Shutdown)?;
+                Self::do_shutdown(slf)?;
+            }
+            TlsState::Shutdown => Self::do_shutdown(slf)?,
+            TlsState::Unwrapped => {}
+        }
+        Ok(None)
+    }
+
+    pub(super) fn set_state(slf: &Bound<'_, Self>, next: TlsState) -> PyResult<()> {
+        let mut this = slf.borrow_mut();
+        if !this.state.can_become(next) {
+            return Err(PyRuntimeError::new_err(format!(
+                "cannot switch state from {} to {}",
+                this.state.name(),
+                next.name()
+            )));
+        }
+        this.state = next;
+        Ok(())
+    }
+
+    pub(super) fn transport<'py>(slf: &Bound<'py, Self>) -> Option<Bound<'py, PyAny>> {
+        let py = slf.py();
+        slf.borrow().transport.as_ref().map(|t| t.bind(py).clone())
+    }
+
+    pub(super) fn app_protocol<'py>(slf: &Bound<'py, Self>) -> Option<Bound<'py, PyAny>> {
+        protocol_of(slf)
+    }
+
+    pub(super) fn sslobj<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyAny> {
+        slf.borrow().ssl.object.bind(slf.py()).clone()
+    }
+
+    pub(super) fn incoming<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyAny> {
+        slf.borrow().ssl.incoming.bind(slf.py()).clone()
+    }
+
+    pub(super) fn outgoing<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyAny> {
+        slf.borrow().ssl.outgoing.bind(slf.py()).clone()
+    }
+
+    /// `loop.call_soon(self.<method>)`.
+    pub(super) fn call_soon(slf: &Bound<'_, Self>, method: &Bound<'_, PyString>) -> PyResult<()> {
+        let callback = slf.as_any().getattr(method)?;
+        transport::loop_of(slf).call_method1(intern!(slf.py(), "call_soon"), (callback,))?;
+        Ok(())
+    }
+
+    /// `loop.call_later(delay, self.<method>)`, returning the timer handle.
+    pub(super) fn call_later(
+        slf: &Bound<'_, Self>,
+        delay: f64,
+        method: &Bound<'_, PyString>,
+    ) -> PyResult<Py<PyAny>> {
+        let callback = slf.as_any().getattr(method)?;
+        let timer = transport::loop_of(slf)
+            .call_method1(intern!(slf.py(), "call_later"), (delay, callback))?;
+        Ok(timer.unbind())
+    }
+
+    pub(super) fn control_app_writing(slf: &Bound<'_, Self>) -> PyResult<()> {
+        maybe_pause_protocol(slf)?;
+        transport::maybe_resume_protocol(slf)
     }
 }
 

@@ -12,15 +12,16 @@ mod machine;
 
 use std::collections::VecDeque;
 
-use pyo3::exceptions::{PyConnectionResetError, PyException, PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyConnectionAbortedError, PyException, PyTimeoutError, PyTypeError, PyValueError,
+};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyFloat, PyMemoryView};
 
 use crate::transport::{
-    self, is_buffered_protocol, maybe_pause_protocol, protocol_of, with_bytes, Core, FlowControl,
-    Wiring, WriteCore,
+    self, is_buffered_protocol, with_bytes, Core, FlowControl, Wiring, WriteCore,
 };
 
 /// asyncio's `FLOW_CONTROL_HIGH_WATER_SSL_WRITE`: plaintext buffered before `pause_writing`.
@@ -493,9 +494,9 @@ impl TlsProtocol {
         }
         let message = format!(
             "SSL handshake is taking longer than {} seconds: aborting the connection",
-            pyo3::types::PyFloat::new(slf.py(), slf.borrow().handshake_timeout).repr()?
+            PyFloat::new(slf.py(), slf.borrow().handshake_timeout).repr()?
         );
-        let err = pyo3::exceptions::PyConnectionAbortedError::new_err(message);
+        let err = PyConnectionAbortedError::new_err(message);
         Self::fatal_error(slf, err, "Fatal error on transport")
     }
 
@@ -503,7 +504,7 @@ impl TlsProtocol {
         if !matches!(slf.borrow().state, TlsState::Flushing | TlsState::Shutdown) {
             return Ok(());
         }
-        let err = pyo3::exceptions::PyTimeoutError::new_err("SSL shutdown timed out");
+        let err = PyTimeoutError::new_err("SSL shutdown timed out");
         match Self::transport(slf) {
             Some(transport) => transport
                 .call_method1(intern!(slf.py(), "_force_close"), (err.value(slf.py()),))
@@ -573,89 +574,4 @@ fn owned_bytes<'py>(data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
         return Ok(bytes.clone());
     }
     with_bytes(data, |view| PyBytes::new(data.py(), view))
-}
-
-impl TlsProtocol {
-    fn on_eof(slf: &Bound<'_, Self>) -> PyResult<Option<bool>> {
-        let state = slf.borrow().state;
-        match state {
-            TlsState::DoHandshake => {
-                let err = PyConnectionResetError::new_err(());
-                Self::on_handshake_complete(slf, Some(err))?;
-            }
-            TlsState::Wrapped => {
-                Self::set_state(slf, TlsState::Flushing)?;
-                if slf.borrow().app_reading_paused {
-                    return Ok(Some(true));
-                }
-                Self::do_flush(slf)?;
-            }
-            TlsState::Flushing => {
-                Self::do_write(slf)?;
-                Self::set_state(slf, TlsState::Shutdown)?;
-                Self::do_shutdown(slf)?;
-            }
-            TlsState::Shutdown => Self::do_shutdown(slf)?,
-            TlsState::Unwrapped => {}
-        }
-        Ok(None)
-    }
-
-    fn set_state(slf: &Bound<'_, Self>, next: TlsState) -> PyResult<()> {
-        let mut this = slf.borrow_mut();
-        if !this.state.can_become(next) {
-            return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
-                "cannot switch state from {} to {}",
-                this.state.name(),
-                next.name()
-            )));
-        }
-        this.state = next;
-        Ok(())
-    }
-
-    fn transport<'py>(slf: &Bound<'py, Self>) -> Option<Bound<'py, PyAny>> {
-        let py = slf.py();
-        slf.borrow().transport.as_ref().map(|t| t.bind(py).clone())
-    }
-
-    fn app_protocol<'py>(slf: &Bound<'py, Self>) -> Option<Bound<'py, PyAny>> {
-        protocol_of(slf)
-    }
-
-    fn sslobj<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyAny> {
-        slf.borrow().ssl.object.bind(slf.py()).clone()
-    }
-
-    fn incoming<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyAny> {
-        slf.borrow().ssl.incoming.bind(slf.py()).clone()
-    }
-
-    fn outgoing<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyAny> {
-        slf.borrow().ssl.outgoing.bind(slf.py()).clone()
-    }
-
-    /// `loop.call_soon(self.<method>)`.
-    fn call_soon(slf: &Bound<'_, Self>, method: &Bound<'_, pyo3::types::PyString>) -> PyResult<()> {
-        let callback = slf.as_any().getattr(method)?;
-        transport::loop_of(slf).call_method1(intern!(slf.py(), "call_soon"), (callback,))?;
-        Ok(())
-    }
-
-    /// `loop.call_later(delay, self.<method>)`, returning the timer handle.
-    fn call_later(
-        slf: &Bound<'_, Self>,
-        delay: f64,
-        method: &Bound<'_, pyo3::types::PyString>,
-    ) -> PyResult<Py<PyAny>> {
-        let callback = slf.as_any().getattr(method)?;
-        let timer = transport::loop_of(slf)
-            .call_method1(intern!(slf.py(), "call_later"), (delay, callback))?;
-        Ok(timer.unbind())
-    }
-
-    fn control_app_writing(slf: &Bound<'_, Self>) -> PyResult<()> {
-        maybe_pause_protocol(slf)?;
-        transport::maybe_resume_protocol(slf)
-    }
 }
