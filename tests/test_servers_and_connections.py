@@ -283,19 +283,6 @@ def test_many_concurrent_connections(loop, run):
     run(main())
 
 
-@pytest.mark.parametrize("loop_name", ["oxio"], indirect=True)
-def test_ssl_is_never_silently_ignored(loop, run):
-    """A deliberate difference until TLS lands (docs/compat.md): ssl= raises."""
-
-    async def main():
-        with pytest.raises(NotImplementedError):
-            await loop.create_connection(Echo, "127.0.0.1", 1, ssl=True)
-        with pytest.raises(NotImplementedError):
-            await loop.create_server(Echo, "127.0.0.1", 0, ssl=object())
-
-    run(main())
-
-
 ACCEPT_UNDER_EMFILE = textwrap.dedent(
     """
     import asyncio, resource, socket, sys

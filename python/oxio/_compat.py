@@ -41,13 +41,22 @@ else:
         server._detach()
 
 
-def new_server(loop, sockets, protocol_factory, backlog):
-    """An `asyncio.Server` over listening sockets (its constructor grew with 3.12)."""
+def new_server(
+    loop, sockets, protocol_factory, backlog, ssl, ssl_handshake_timeout, ssl_shutdown_timeout
+):
+    """An `asyncio.Server` over listening sockets; it hands its TLS settings back to the
+    loop's `_start_serving`."""
     import asyncio
 
-    if PY312:
-        return asyncio.Server(loop, sockets, protocol_factory, None, backlog, None, None)
-    return asyncio.Server(loop, sockets, protocol_factory, None, backlog, None)
+    return asyncio.Server(
+        loop,
+        sockets,
+        protocol_factory,
+        ssl,
+        backlog,
+        ssl_handshake_timeout,
+        ssl_shutdown_timeout,
+    )
 
 
 def policy_child_watcher():

@@ -8,6 +8,7 @@ import functools
 import itertools
 import os
 import socket
+import ssl as ssl_module
 import stat
 import weakref
 from asyncio import staggered, tasks, trsock
@@ -19,10 +20,6 @@ from ._transports import SocketTransport
 # asyncio's ACCEPT_RETRY_DELAY: after EMFILE and friends, stop accepting for this long.
 _ACCEPT_RETRY_DELAY = 1
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-
-
-def _tls_not_yet():
-    return NotImplementedError("oxio does not support ssl= yet: TLS arrives with the TLS issue")
 
 
 class NetworkMixin:
@@ -47,11 +44,32 @@ class NetworkMixin:
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         return SocketTransport(self, sock, protocol, waiter, extra, server)
 
-    async def _create_connection_transport(self, sock, protocol_factory):
+    async def _create_connection_transport(
+        self,
+        sock,
+        protocol_factory,
+        ssl=None,
+        server_hostname=None,
+        server_side=False,
+        ssl_handshake_timeout=None,
+        ssl_shutdown_timeout=None,
+    ):
         sock.setblocking(False)
         protocol = protocol_factory()
         waiter = self.create_future()
-        transport = self._make_socket_transport(sock, protocol, waiter)
+        if ssl:
+            transport = self._make_ssl_transport(
+                sock,
+                protocol,
+                None if isinstance(ssl, bool) else ssl,
+                waiter,
+                server_side=server_side,
+                server_hostname=server_hostname,
+                ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout,
+            )
+        else:
+            transport = self._make_socket_transport(sock, protocol, waiter)
         try:
             await waiter
         except BaseException:
@@ -91,12 +109,17 @@ class NetworkMixin:
     ):
         if server_hostname is not None and not ssl:
             raise ValueError("server_hostname is only meaningful with ssl")
+        if server_hostname is None and ssl:
+            # The host is the name to verify; '' turns SNI and the check off.
+            if not host:
+                raise ValueError("You must set server_hostname when using ssl without a host")
+            server_hostname = host
         if ssl_handshake_timeout is not None and not ssl:
             raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
         if ssl_shutdown_timeout is not None and not ssl:
             raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
-        if ssl:
-            raise _tls_not_yet()
+        if sock is not None:
+            _check_ssl_socket(sock)
         if happy_eyeballs_delay is not None and interleave is None:
             interleave = 1  # happy eyeballs alternates address families by default
 
@@ -140,7 +163,14 @@ class NetworkMixin:
                 raise ValueError("host and port was not specified and no sock specified")
             if sock.type != socket.SOCK_STREAM:
                 raise ValueError(f"A Stream Socket was expected, got {sock!r}")
-        return await self._create_connection_transport(sock, protocol_factory)
+        return await self._create_connection_transport(
+            sock,
+            protocol_factory,
+            ssl,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
 
     async def _connect_sock(self, attempts, addr_info, local_infos=None):
         """Create, bind and connect one socket; its errors go to `attempts`."""
@@ -206,8 +236,8 @@ class NetworkMixin:
             raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
         if ssl_shutdown_timeout is not None and ssl is None:
             raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
-        if ssl is not None:
-            raise _tls_not_yet()
+        if sock is not None:
+            _check_ssl_socket(sock)
         if host is not None or port is not None:
             if sock is not None:
                 raise ValueError("host/port and sock can not be specified at the same time")
@@ -222,7 +252,8 @@ class NetworkMixin:
             if sock.type != socket.SOCK_STREAM:
                 raise ValueError(f"A Stream Socket was expected, got {sock!r}")
             sockets = [sock]
-        return await self._serve(sockets, protocol_factory, backlog, start_serving)
+        tls = (ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
+        return await self._serve(sockets, protocol_factory, backlog, start_serving, tls)
 
     async def _bind_server_sockets(
         self, host, port, family, flags, reuse_address, reuse_port, keep_alive
@@ -266,10 +297,11 @@ class NetworkMixin:
             raise
         return sockets
 
-    async def _serve(self, sockets, protocol_factory, backlog, start_serving):
+    async def _serve(self, sockets, protocol_factory, backlog, start_serving, tls):
+        """`tls` is `(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)`."""
         for sock in sockets:
             sock.setblocking(False)
-        server = _compat.new_server(self, sockets, protocol_factory, backlog)
+        server = _compat.new_server(self, sockets, protocol_factory, backlog, *tls)
         if start_serving:
             server._start_serving()
             # One iteration, so the listening sockets are registered before we return.
@@ -288,13 +320,15 @@ class NetworkMixin:
         ssl_shutdown_timeout=None,
     ):
         if ssl:
-            raise _tls_not_yet()
-        if server_hostname is not None:
-            raise ValueError("server_hostname is only meaningful with ssl")
-        if ssl_handshake_timeout is not None:
-            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
-        if ssl_shutdown_timeout is not None:
-            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+            if server_hostname is None:
+                raise ValueError("you have to pass server_hostname when using ssl")
+        else:
+            if server_hostname is not None:
+                raise ValueError("server_hostname is only meaningful with ssl")
+            if ssl_handshake_timeout is not None:
+                raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+            if ssl_shutdown_timeout is not None:
+                raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
         if path is not None:
             if sock is not None:
                 raise ValueError("path and sock can not be specified at the same time")
@@ -312,7 +346,14 @@ class NetworkMixin:
             if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
                 raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
             sock.setblocking(False)
-        return await self._create_connection_transport(sock, protocol_factory)
+        return await self._create_connection_transport(
+            sock,
+            protocol_factory,
+            ssl,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
 
     async def create_unix_server(
         self,
@@ -333,8 +374,6 @@ class NetworkMixin:
             raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
         if ssl_shutdown_timeout is not None and not ssl:
             raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
-        if ssl is not None:
-            raise _tls_not_yet()
         if path is not None:
             if sock is not None:
                 raise ValueError("path and sock can not be specified at the same time")
@@ -364,7 +403,8 @@ class NetworkMixin:
                     self._unix_server_sockets[sock] = os.stat(path).st_ino
                 except FileNotFoundError:
                     pass
-        return await self._serve([sock], protocol_factory, backlog, start_serving)
+        tls = (ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
+        return await self._serve([sock], protocol_factory, backlog, start_serving, tls)
 
     @property
     def _unix_server_sockets(self):
@@ -385,20 +425,35 @@ class NetworkMixin:
             raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
         if ssl_shutdown_timeout is not None and not ssl:
             raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
-        if ssl:
-            raise _tls_not_yet()
-        return await self._create_connection_transport(sock, protocol_factory)
+        _check_ssl_socket(sock)
+        return await self._create_connection_transport(
+            sock,
+            protocol_factory,
+            ssl,
+            "",
+            server_side=True,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
 
     # -- the loop side of asyncio.Server -------------------------------------------------
 
     def _start_serving(
-        self, protocol_factory, sock, sslcontext=None, server=None, backlog=100, *args
+        self,
+        protocol_factory,
+        sock,
+        sslcontext=None,
+        server=None,
+        backlog=100,
+        ssl_handshake_timeout=None,
+        ssl_shutdown_timeout=None,
     ):
+        tls = (sslcontext, ssl_handshake_timeout, ssl_shutdown_timeout)
         self._add_reader(
-            sock.fileno(), self._accept_connection, protocol_factory, sock, server, backlog
+            sock.fileno(), self._accept_connection, protocol_factory, sock, server, backlog, tls
         )
 
-    def _accept_connection(self, protocol_factory, sock, server, backlog):
+    def _accept_connection(self, protocol_factory, sock, server, backlog, tls):
         # Accept up to `backlog` connections per readiness event, as asyncio does.
         for _ in range(backlog):
             try:
@@ -423,24 +478,39 @@ class NetworkMixin:
                     self._start_serving,
                     protocol_factory,
                     sock,
-                    None,
+                    tls[0],
                     server,
                     backlog,
+                    *tls[1:],
                 )
                 return
             self.create_task(
-                self._accept_connection2(protocol_factory, conn, {"peername": address}, server)
+                self._accept_connection2(protocol_factory, conn, {"peername": address}, server, tls)
             )
 
-    async def _accept_connection2(self, protocol_factory, conn, extra, server):
+    async def _accept_connection2(self, protocol_factory, conn, extra, server, tls):
         protocol = None
         transport = None
+        sslcontext, ssl_handshake_timeout, ssl_shutdown_timeout = tls
         try:
             protocol = protocol_factory()
             waiter = self.create_future()
-            transport = self._make_socket_transport(
-                conn, protocol, waiter=waiter, extra=extra, server=server
-            )
+            if sslcontext:
+                transport = self._make_ssl_transport(
+                    conn,
+                    protocol,
+                    sslcontext,
+                    waiter,
+                    server_side=True,
+                    extra=extra,
+                    server=server,
+                    ssl_handshake_timeout=ssl_handshake_timeout,
+                    ssl_shutdown_timeout=ssl_shutdown_timeout,
+                )
+            else:
+                transport = self._make_socket_transport(
+                    conn, protocol, waiter=waiter, extra=extra, server=server
+                )
             try:
                 await waiter
             except BaseException:
@@ -466,6 +536,11 @@ class NetworkMixin:
         if inode is not None:
             _cleanup_unix_socket(sock, inode)
         sock.close()
+
+
+def _check_ssl_socket(sock):
+    if isinstance(sock, ssl_module.SSLSocket):
+        raise TypeError("Socket cannot be of type SSLSocket")
 
 
 def _remove_stale_socket(path):

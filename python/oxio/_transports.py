@@ -30,6 +30,7 @@ class SocketTransport(
     fallback requires; the flow control itself is native."""
 
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+    _start_tls_compatible = True
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         # The mixin's own __init__ would set up a second, Python-side flow control.
@@ -63,6 +64,10 @@ class SocketTransport(
 
     def can_write_eof(self):
         return True
+
+    def _force_close(self, exc):
+        """Ends the connection now with `connection_lost(exc)` (a TLS layer's failures)."""
+        self._core._force_close(exc)
 
     @property
     def _protocol_paused(self):

@@ -18,10 +18,12 @@ from ._sendfile import SendfileMixin
 from ._signals import SignalMixin
 from ._sock import SockMixin
 from ._subprocess import SubprocessMixin
+from ._tls import TlsMixin
 
 
 class Loop(
     NetworkMixin,
+    TlsMixin,
     PipesMixin,
     SendfileMixin,
     SubprocessMixin,

@@ -5,6 +5,9 @@
 pub const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 
 pub struct FlowControl {
+    /// The high-water mark that `set_limits(None, None)` restores: asyncio's default for
+    /// socket and pipe transports, larger for TLS's application buffer.
+    default_high: usize,
     high: usize,
     low: usize,
     /// `pause_writing()` was called and `resume_writing()` not yet.
@@ -13,18 +16,25 @@ pub struct FlowControl {
 
 impl Default for FlowControl {
     fn default() -> Self {
-        Self {
-            high: DEFAULT_HIGH_WATER,
-            low: DEFAULT_HIGH_WATER / 4,
-            paused: false,
-        }
+        Self::new(DEFAULT_HIGH_WATER)
     }
 }
 
 impl FlowControl {
+    /// Limits of `default_high` and a quarter of it, not paused.
+    pub fn new(default_high: usize) -> Self {
+        Self {
+            default_high,
+            high: default_high,
+            low: default_high / 4,
+            paused: false,
+        }
+    }
+
     /// `set_write_buffer_limits(high, low)` with asyncio's defaulting and its error message.
     pub fn set_limits(&mut self, high: Option<i64>, low: Option<i64>) -> Result<(), String> {
-        let high = high.unwrap_or_else(|| low.map_or(DEFAULT_HIGH_WATER as i64, |l| 4 * l));
+        let default_high = self.default_high as i64;
+        let high = high.unwrap_or_else(|| low.map_or(default_high, |l| 4 * l));
         let low = low.unwrap_or(high / 4);
         if !(high >= low && low >= 0) {
             return Err(format!("high ({high}) must be >= low ({low}) must be >= 0"));
@@ -90,5 +100,14 @@ mod tests {
             "high (1) must be >= low (2) must be >= 0"
         );
         assert!(flow.set_limits(Some(-1), None).is_err());
+    }
+
+    #[test]
+    fn a_larger_default_is_what_none_restores() {
+        let mut flow = FlowControl::new(512 * 1024);
+        assert_eq!(flow.limits(), (128 * 1024, 512 * 1024));
+        flow.set_limits(Some(10), None).unwrap();
+        flow.set_limits(None, None).unwrap();
+        assert_eq!(flow.limits(), (128 * 1024, 512 * 1024));
     }
 }

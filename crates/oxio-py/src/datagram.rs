@@ -257,7 +257,7 @@ impl DatagramCore {
         this.conn_lost += 1;
         drop(this);
         if warn {
-            transport::warn_writes_after_lost(slf.py(), "socket.send() raised exception.")?;
+            transport::log_warning(slf.py(), "socket.send() raised exception.")?;
         }
         Ok(true)
     }

@@ -11,6 +11,7 @@ mod sockaddr;
 mod stdlib;
 mod stream;
 mod tasks;
+mod tls;
 mod transport;
 
 use pyo3::prelude::*;
@@ -24,5 +25,6 @@ fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pipe::ReadPipeCore>()?;
     m.add_class::<pipe::WritePipeCore>()?;
     m.add_class::<datagram::DatagramCore>()?;
+    m.add_class::<tls::TlsProtocol>()?;
     Ok(())
 }

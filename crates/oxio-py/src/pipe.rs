@@ -260,7 +260,7 @@ impl WritePipeCore {
         if let Some(attempts) = dropped {
             if attempts > LOG_THRESHOLD_FOR_CONNLOST_WRITES {
                 let message = "pipe closed by peer or os.write(pipe, data) raised exception.";
-                transport::warn_writes_after_lost(py, message)?;
+                transport::log_warning(py, message)?;
             }
             return Ok(());
         }

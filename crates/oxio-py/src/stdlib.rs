@@ -5,6 +5,12 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
 
 static FORMAT_CALLBACK_SOURCE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static SSL_ERROR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static SSL_WANT_READ_ERROR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static SSL_SYSCALL_ERROR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static SSL_CERTIFICATE_ERROR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static AIO_CANCELLED_ERROR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static AIO_BUFFERED_PROTOCOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 fn cached<'py>(
     py: Python<'py>,
@@ -46,4 +52,34 @@ pub fn frame_location(py: Python<'_>, traceback: &Bound<'_, PyAny>) -> PyResult<
 /// `repr(value)` of a float, so reprs print deadlines exactly as asyncio does.
 pub fn float_repr(py: Python<'_>, value: f64) -> PyResult<String> {
     Ok(pyo3::types::PyFloat::new(py, value).repr()?.to_string())
+}
+
+/// `ssl.SSLError`, the base of every error OpenSSL reports through Python's `ssl`.
+pub fn ssl_error(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    cached(py, &SSL_ERROR, "ssl", "SSLError")
+}
+
+/// `ssl.SSLWantReadError`: the SSLObject needs more bytes from the peer.
+pub fn ssl_want_read_error(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    cached(py, &SSL_WANT_READ_ERROR, "ssl", "SSLWantReadError")
+}
+
+/// `ssl.SSLSyscallError`, which a memory-BIO SSLObject raises when its input ran dry.
+pub fn ssl_syscall_error(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    cached(py, &SSL_SYSCALL_ERROR, "ssl", "SSLSyscallError")
+}
+
+/// `ssl.CertificateError` (`SSLCertVerificationError`): the peer's certificate was refused.
+pub fn ssl_certificate_error(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    cached(py, &SSL_CERTIFICATE_ERROR, "ssl", "CertificateError")
+}
+
+/// `asyncio.CancelledError`.
+pub fn aio_cancelled_error(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    cached(py, &AIO_CANCELLED_ERROR, "asyncio", "CancelledError")
+}
+
+/// `asyncio.BufferedProtocol`.
+pub fn aio_buffered_protocol(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    cached(py, &AIO_BUFFERED_PROTOCOL, "asyncio", "BufferedProtocol")
 }

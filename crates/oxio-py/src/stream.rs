@@ -16,9 +16,10 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::transport::{
-    self, add_writer, is_exit, maybe_pause_protocol, maybe_resume_protocol, os_error, protocol_of,
-    remove_reader, remove_writer, schedule_connection_lost, with_bytes, with_read_buffer, Core,
-    FlowControl, ReadCore, Wiring, WriteCore, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    self, add_writer, is_buffered_protocol, is_exit, maybe_pause_protocol, maybe_resume_protocol,
+    os_error, protocol_of, remove_reader, remove_writer, schedule_connection_lost, with_bytes,
+    with_read_buffer, Core, FlowControl, ReadCore, Wiring, WriteCore,
+    LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 
 #[pyclass(module = "oxio._oxio")]
@@ -72,14 +73,6 @@ impl WriteCore for StreamCore {
     fn write_buffer_size(&self) -> usize {
         self.queue.len()
     }
-}
-
-fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
-    let py = protocol.py();
-    let class = py
-        .import(intern!(py, "asyncio"))?
-        .getattr(intern!(py, "BufferedProtocol"))?;
-    protocol.is_instance(&class)
 }
 
 impl StreamCore {
@@ -258,7 +251,7 @@ impl StreamCore {
         };
         if conn_lost > 0 {
             if conn_lost > LOG_THRESHOLD_FOR_CONNLOST_WRITES {
-                transport::warn_writes_after_lost(py, "socket.send() raised exception.")?;
+                transport::log_warning(py, "socket.send() raised exception.")?;
             }
             return Ok(());
         }
@@ -359,6 +352,13 @@ impl StreamCore {
 
     fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
         Self::force_close(slf, None)
+    }
+
+    /// asyncio's `_force_close(exc)`: drop the queue and end with `connection_lost(exc)`. A TLS
+    /// layer above uses it to fail the connection with the TLS error.
+    #[pyo3(signature = (exc=None))]
+    fn _force_close(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        Self::force_close(slf, exc)
     }
 
     fn is_closing(&self) -> bool {

@@ -70,6 +70,11 @@ pub(crate) fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R)
     )))
 }
 
+/// Whether the protocol is an `asyncio.BufferedProtocol`, which receives into its own buffer.
+pub(crate) fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
+    protocol.is_instance(crate::stdlib::aio_buffered_protocol(protocol.py())?)
+}
+
 /// An OS error as Python's `socket` and `os` modules raise it: `OSError(errno, strerror)`,
 /// which Python turns into the matching subclass (`ConnectionResetError`, `BrokenPipeError`...).
 /// PyO3's own conversion keeps only the message, losing `errno`, which callers test.
@@ -283,8 +288,8 @@ pub(crate) fn report_error<T: Core>(
     Ok(())
 }
 
-/// The `asyncio` logger's warning after repeated writes to a lost connection.
-pub(crate) fn warn_writes_after_lost(py: Python<'_>, message: &str) -> PyResult<()> {
+/// A warning on the `asyncio` logger (writes to a lost connection, ignored requests).
+pub(crate) fn log_warning(py: Python<'_>, message: &str) -> PyResult<()> {
     let logger = py
         .import(intern!(py, "asyncio.log"))?
         .getattr(intern!(py, "logger"))?;
