@@ -404,3 +404,33 @@ def test_pause_and_resume_reading(loop, run):
         await asyncio.sleep(0)
 
     run(main())
+
+
+@pytest.mark.parametrize("loop_name", ["oxio"], indirect=True)
+def test_sends_queued_after_close_leave_no_writer_behind(loop, run, tmp_path):
+    """A deliberate difference: asyncio keeps the writer of the closed socket and logs an
+    AttributeError on every iteration after; oxio drops the queue with the socket."""
+
+    async def main():
+        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        receiver.bind(str(tmp_path / "rx"))
+        filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        filler.setblocking(False)
+        try:
+            while True:  # fill the receiver's queue: nobody reads it
+                filler.sendto(b"f" * 1024, str(tmp_path / "rx"))
+        except BlockingIOError:
+            pass
+        transport, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=str(tmp_path / "tx"), family=socket.AF_UNIX
+        )
+        fd = transport.get_extra_info("socket").fileno()
+        transport.close()
+        transport.sendto(b"late", str(tmp_path / "rx"))  # the socket is full: queued
+        assert transport.get_write_buffer_size() > 0
+        await asyncio.sleep(0.01)  # connection_lost runs and the socket closes
+        assert not loop._has_writer(fd)
+        filler.close()
+        receiver.close()
+
+    run(main())

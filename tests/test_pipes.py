@@ -270,3 +270,29 @@ def test_streams_over_pipes(loop, run):
         assert [line async for line in reader] == [b"line one\n", b"line two\n"]
 
     run(main())
+
+
+@pytest.mark.parametrize("loop_name", ["oxio"], indirect=True)
+def test_abort_after_close_leaves_a_reused_fd_alone(loop, run):
+    """asyncio raises AttributeError here (its transport forgot its loop); oxio ignores the
+    late abort, and above all leaves alone the reader of whoever reuses the fd number."""
+
+    async def main():
+        rfd, wfd = os.pipe()
+        transport, protocol = await loop.connect_write_pipe(
+            lambda: Writer(loop), open(wfd, "wb", buffering=0)
+        )
+        transport.close()
+        await protocol.done  # the pipe's fd is closed now, and its number free
+        a, b = socket.socketpair()
+        readable = loop.create_future()
+        loop.add_reader(a.fileno(), lambda: readable.done() or readable.set_result(True))
+        transport.abort()  # too late to matter: must not touch whoever has the number now
+        b.send(b"x")
+        assert await asyncio.wait_for(readable, 5)
+        loop.remove_reader(a.fileno())
+        a.close()
+        b.close()
+        os.close(rfd)
+
+    run(main())

@@ -405,3 +405,41 @@ def test_queued_bytes_are_a_copy_of_what_was_written(loop, run):
         peer.close()
 
     run(main())
+
+
+def test_replaced_protocol_may_call_the_transport_from_its_finalizer(loop, run):
+    class Finalizing(asyncio.Protocol):
+        def __init__(self, transport_box):
+            self.transport_box = transport_box
+
+        def __del__(self):
+            # A finalizer that looks at the transport while set_protocol() runs.
+            self.transport_box[0].is_closing()
+
+    async def main():
+        transport, protocol, peer = await connected_pair(loop)
+        box = [transport]
+        transport.set_protocol(Finalizing(box))
+        transport.set_protocol(protocol)  # drops the Finalizing instance
+        assert transport.get_protocol() is protocol
+        transport.close()
+        await protocol.done
+        peer.close()
+
+    run(main())
+
+
+def test_write_accepts_any_buffer_format(loop, run):
+    import array
+
+    async def main():
+        transport, protocol, peer = await connected_pair(loop)
+        words = array.array("i", [1, 2, 3])
+        transport.write(memoryview(words))
+        transport.write(memoryview(b"")[:0])
+        transport.close()
+        assert await read_until_eof(loop, peer) == words.tobytes()
+        await protocol.done
+        peer.close()
+
+    run(main())

@@ -11,7 +11,7 @@ import socket
 import ssl as ssl_module
 import stat
 import weakref
-from asyncio import staggered, tasks, trsock
+from asyncio import exceptions, staggered, tasks, trsock
 from asyncio.log import logger
 
 from . import _compat
@@ -519,7 +519,11 @@ class NetworkMixin:
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            if self.get_debug() or not isinstance(exc, OSError):
+            if transport is None:
+                conn.close()  # the protocol factory failed: nobody else owns the socket
+            # asyncio reports these only in debug mode; oxio also reports a failing protocol
+            # factory or handshake (not a peer's I/O error, not a cancelled server) always.
+            if self.get_debug() or not isinstance(exc, (OSError, exceptions.CancelledError)):
                 context = {
                     "message": "Error on transport creation for incoming connection",
                     "exception": exc,

@@ -44,8 +44,12 @@ class SocketTransport(
         if server is not None:
             _compat.server_attach(server, self)
         loop._transports[self._sock_fd] = self
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            # Small writes leave at once, as asyncio sets it (Nagle off).
+        if (
+            sock.family in (socket.AF_INET, socket.AF_INET6)
+            and sock.type == socket.SOCK_STREAM
+            and sock.proto == socket.IPPROTO_TCP
+        ):
+            # Small writes leave at once (Nagle off), on the sockets asyncio sets it for.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         loop.call_soon(protocol.connection_made, self)
         # Reading starts only once connection_made() has run.

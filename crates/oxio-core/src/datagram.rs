@@ -80,8 +80,12 @@ impl SockAddr {
     }
 
     /// A Unix address: a path, or an abstract name if `path` starts with NUL. `None` if it
-    /// does not fit in `sun_path`.
+    /// does not fit in `sun_path`, or is empty (which CPython passes on as an unnamed address
+    /// the kernel refuses, where a NUL-terminated empty path would name the abstract "\0").
     pub fn unix(path: &[u8]) -> Option<Self> {
+        if path.is_empty() {
+            return None;
+        }
         let mut addr = Self::zeroed();
         let mut sun = libc::sockaddr_un {
             sun_family: libc::AF_UNIX as libc::sa_family_t,

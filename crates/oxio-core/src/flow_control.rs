@@ -34,7 +34,7 @@ impl FlowControl {
     /// `set_write_buffer_limits(high, low)` with asyncio's defaulting and its error message.
     pub fn set_limits(&mut self, high: Option<i64>, low: Option<i64>) -> Result<(), String> {
         let default_high = self.default_high as i64;
-        let high = high.unwrap_or_else(|| low.map_or(default_high, |l| 4 * l));
+        let high = high.unwrap_or_else(|| low.map_or(default_high, |l| l.saturating_mul(4)));
         let low = low.unwrap_or(high / 4);
         if !(high >= low && low >= 0) {
             return Err(format!("high ({high}) must be >= low ({low}) must be >= 0"));

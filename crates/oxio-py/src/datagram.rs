@@ -418,8 +418,8 @@ impl DatagramCore {
         self.queue.size()
     }
 
-    fn set_protocol(&mut self, protocol: Py<PyAny>) {
-        self.wiring.protocol = Some(protocol);
+    fn set_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) {
+        transport::replace_protocol(slf, protocol);
     }
 
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -504,6 +504,17 @@ impl DatagramCore {
         exc: Option<Bound<'_, PyAny>>,
         _transport: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
+        let had_queue = {
+            let mut this = slf.borrow_mut();
+            // An unconnected transport may have queued sends after close(); the socket is
+            // about to go, and its writer with it.
+            let had_queue = !this.queue.is_empty();
+            this.queue.clear();
+            had_queue
+        };
+        if had_queue {
+            remove_writer(slf)?;
+        }
         slf.borrow_mut().released = true;
         transport::call_connection_lost(slf, exc)
     }

@@ -126,8 +126,8 @@ impl ReadPipeCore {
         Self::close_with(slf, None)
     }
 
-    fn set_protocol(&mut self, protocol: &Bound<'_, PyAny>) {
-        self.wiring.protocol = Some(protocol.clone().unbind());
+    fn set_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) {
+        transport::replace_protocol(slf, protocol);
     }
 
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -192,6 +192,8 @@ pub struct WritePipeCore {
     conn_lost: u32,
     /// `close()`, `write_eof()` or `abort()` was called.
     closing: bool,
+    /// `connection_lost` is scheduled or ran: the fd may already belong to someone else.
+    finished: bool,
 }
 
 impl Core for WritePipeCore {
@@ -218,6 +220,10 @@ impl WritePipeCore {
     fn close_with(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let had_queue = {
             let mut this = slf.borrow_mut();
+            if this.finished {
+                return Ok(());
+            }
+            this.finished = true;
             this.closing = true;
             let had_queue = !this.queue.is_empty();
             this.queue.clear();
@@ -299,6 +305,7 @@ impl WritePipeCore {
             flow: FlowControl::default(),
             conn_lost: 0,
             closing: false,
+            finished: false,
         })
     }
 
@@ -326,7 +333,8 @@ impl WritePipeCore {
                 return Ok(());
             }
             this.closing = true;
-            this.queue.is_empty()
+            this.finished = this.queue.is_empty();
+            this.finished
         };
         if drained {
             remove_reader(slf)?;
@@ -364,8 +372,8 @@ impl WritePipeCore {
         self.queue.len()
     }
 
-    fn set_protocol(&mut self, protocol: &Bound<'_, PyAny>) {
-        self.wiring.protocol = Some(protocol.clone().unbind());
+    fn set_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) {
+        transport::replace_protocol(slf, protocol);
     }
 
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -422,7 +430,12 @@ impl WritePipeCore {
         }
         remove_writer(slf)?;
         maybe_resume_protocol(slf)?;
-        if slf.borrow().closing {
+        let finish = {
+            let mut this = slf.borrow_mut();
+            this.finished |= this.closing;
+            this.closing
+        };
+        if finish {
             remove_reader(slf)?;
             transport::call_connection_lost(slf, None)?;
         }

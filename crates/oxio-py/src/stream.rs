@@ -403,9 +403,10 @@ impl StreamCore {
         self.queue.len()
     }
 
-    fn set_protocol(&mut self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.buffered = is_buffered_protocol(protocol)?;
-        self.wiring.protocol = Some(protocol.clone().unbind());
+    fn set_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let buffered = is_buffered_protocol(protocol)?;
+        slf.borrow_mut().buffered = buffered;
+        transport::replace_protocol(slf, protocol);
         Ok(())
     }
 
@@ -516,8 +517,10 @@ impl StreamCore {
         Ok(waiter.unbind())
     }
 
-    fn _reset_empty_waiter(&mut self) {
-        self.empty_waiter = None;
+    fn _reset_empty_waiter(slf: &Bound<'_, Self>) {
+        // Released outside the borrow: a future's finalizer may log through Python code.
+        let waiter = slf.borrow_mut().empty_waiter.take();
+        drop(waiter);
     }
 
     fn _protocol_paused(&self) -> bool {

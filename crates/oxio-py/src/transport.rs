@@ -47,16 +47,21 @@ pub(crate) fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R)
         return Ok(f(bytes.as_bytes()));
     }
     if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
-        let buffer = PyBuffer::<u8>::get(data)?;
-        if !buffer.is_c_contiguous() {
-            // asyncio copies such views into a bytes object too (`bytes(memoryview)`).
-            let copy = PyBytes::new(data.py(), &buffer.to_vec(data.py())?);
-            return Ok(f(copy.as_bytes()));
+        let buffer = match PyBuffer::<u8>::get(data) {
+            Ok(buffer) if buffer.is_c_contiguous() => buffer,
+            // Another item format, or not contiguous: its raw bytes, as `bytes(view)` has them.
+            _ => {
+                let copy = data.py().get_type::<PyBytes>().call1((data,))?;
+                return Ok(f(copy.cast::<PyBytes>()?.as_bytes()));
+            }
+        };
+        if buffer.item_count() == 0 {
+            return Ok(f(&[]));
         }
-        // SAFETY: the buffer is C-contiguous and `item_count()` bytes long; holding the export
-        // (`buffer`, dropped after `f`) forbids resizing the exporter, so the memory stays valid
-        // even if `f` runs Python code. The slice does not outlive `f`: whatever a transport
-        // keeps of it, it copies.
+        // SAFETY: the buffer is C-contiguous, non-empty (so its pointer is not NULL) and
+        // `item_count()` bytes long; holding the export (`buffer`, dropped after `f`) forbids
+        // resizing the exporter, so the memory stays valid even if `f` runs Python code, which
+        // may still change the bytes in place; whatever a transport keeps of them, it copies.
         let view = unsafe {
             std::slice::from_raw_parts(buffer.buf_ptr().cast::<u8>(), buffer.item_count())
         };
@@ -147,6 +152,17 @@ pub(crate) trait WriteCore: Core {
     fn flow_mut(&mut self) -> &mut FlowControl;
     /// Bytes accepted by `write()` and not yet handed to the kernel.
     fn write_buffer_size(&self) -> usize;
+}
+
+/// `set_protocol()`. The old protocol is released once the core is no longer borrowed: its
+/// finalizer may call back into the transport.
+pub(crate) fn replace_protocol<T: Core>(slf: &Bound<'_, T>, protocol: &Bound<'_, PyAny>) {
+    let old = slf
+        .borrow_mut()
+        .wiring_mut()
+        .protocol
+        .replace(protocol.clone().unbind());
+    drop(old);
 }
 
 /// A core that reads from its fd: whether the fd is watched follows asyncio's `is_reading()`.

@@ -287,12 +287,15 @@ impl TlsProtocol {
             };
             let data = chunk.as_bytes();
             let mut this = slf.borrow_mut();
-            if written < data.len() {
-                this.backlog[0] = PyBytes::new(py, &data[written..]).unbind();
-            } else {
-                this.backlog.pop_front();
+            // The backlog may have been emptied meanwhile (an abort from Python code that
+            // OpenSSL called back into), so its front is checked, not assumed.
+            let rest = (written < data.len()).then(|| PyBytes::new(py, &data[written..]).unbind());
+            match (rest, this.backlog.front_mut()) {
+                (Some(rest), Some(front)) => *front = rest,
+                (None, Some(_)) => drop(this.backlog.pop_front()),
+                (_, None) => break,
             }
-            this.backlog_size -= written.min(data.len());
+            this.backlog_size = this.backlog_size.saturating_sub(written.min(data.len()));
         }
         Self::process_outgoing(slf)
     }

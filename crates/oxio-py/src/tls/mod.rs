@@ -478,9 +478,10 @@ impl TlsProtocol {
         }
     }
 
-    fn set_protocol(&mut self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.buffered = is_buffered_protocol(protocol)?;
-        self.wiring.protocol = Some(protocol.clone().unbind());
+    fn set_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let buffered = is_buffered_protocol(protocol)?;
+        slf.borrow_mut().buffered = buffered;
+        transport::replace_protocol(slf, protocol);
         Ok(())
     }
 
