@@ -12,6 +12,9 @@ pub struct FlowControl {
     low: usize,
     /// `pause_writing()` was called and `resume_writing()` not yet.
     paused: bool,
+    /// Pause once the buffer reaches the high-water mark, not only once it passes it:
+    /// asyncio's TLS layer compares with `>=` where its other transports use `>`.
+    pause_at_mark: bool,
 }
 
 impl Default for FlowControl {
@@ -28,6 +31,15 @@ impl FlowControl {
             high: default_high,
             low: default_high / 4,
             paused: false,
+            pause_at_mark: false,
+        }
+    }
+
+    /// The same limits, pausing as soon as the buffer reaches the high-water mark.
+    pub fn pausing_at_the_mark(self) -> Self {
+        Self {
+            pause_at_mark: true,
+            ..self
         }
     }
 
@@ -56,7 +68,12 @@ impl FlowControl {
 
     /// Whether the protocol must be paused now that `buffered` bytes are waiting.
     pub fn should_pause(&mut self, buffered: usize) -> bool {
-        if self.paused || buffered <= self.high {
+        let below = if self.pause_at_mark {
+            buffered < self.high
+        } else {
+            buffered <= self.high
+        };
+        if self.paused || below {
             return false;
         }
         self.paused = true;
@@ -100,6 +117,19 @@ mod tests {
             "high (1) must be >= low (2) must be >= 0"
         );
         assert!(flow.set_limits(Some(-1), None).is_err());
+    }
+
+    #[test]
+    fn tls_pauses_at_the_mark_itself() {
+        let mut flow = FlowControl::new(100).pausing_at_the_mark();
+        assert!(!flow.should_pause(99));
+        assert!(flow.should_pause(100));
+        let mut zero = FlowControl::new(100).pausing_at_the_mark();
+        zero.set_limits(Some(0), None).unwrap();
+        assert!(
+            zero.should_pause(0),
+            "a zero high-water mark pauses at once, as asyncio's TLS"
+        );
     }
 
     #[test]

@@ -257,7 +257,7 @@ impl TlsProtocol {
             shutdown_timer: None,
             backlog: VecDeque::new(),
             backlog_size: 0,
-            write_flow: FlowControl::new(WRITE_HIGH_WATER),
+            write_flow: FlowControl::new(WRITE_HIGH_WATER).pausing_at_the_mark(),
             read_flow: FlowControl::new(READ_HIGH_WATER),
             ssl_reading_paused: false,
             ssl_writing_paused: false,
