@@ -7,17 +7,15 @@
 //! `polling` does, so the engine can be tested, fuzzed and sanitised without libpython.
 
 pub mod clock;
-pub mod datagram;
-pub mod flow_control;
 pub mod reactor;
-pub mod stream;
 pub mod timer;
+pub mod transport;
 pub mod waker;
 
 pub use clock::monotonic;
-pub use datagram::{Address, DatagramQueue, SockAddr};
-pub use flow_control::FlowControl;
 pub use reactor::{Event, Events, Interest, Poller};
-pub use stream::WriteQueue;
 pub use timer::TimerHeap;
+pub use transport::datagram::{Address, DatagramQueue, SockAddr};
+pub use transport::flow_control::FlowControl;
+pub use transport::stream::WriteQueue;
 pub use waker::Waker;

@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 
-use oxio_core::datagram::{parse_ipv4, parse_ipv6, recv_from, send_to};
+use oxio_core::transport::datagram::{parse_ipv4, parse_ipv6, recv_from, send_to};
 use oxio_core::{Address, DatagramQueue, SockAddr};
 
 #[test]

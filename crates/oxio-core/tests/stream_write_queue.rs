@@ -4,7 +4,7 @@ use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
-use oxio_core::stream::{read, recv, send, shutdown_write, write};
+use oxio_core::transport::stream::{read, recv, send, shutdown_write, write};
 use oxio_core::WriteQueue;
 
 #[test]

@@ -2,14 +2,10 @@
 //! this crate; the engine (`oxio-core`) stays free of Python.
 
 mod context;
-mod datagram;
 mod event_loop;
 mod fd;
 mod handle;
-mod pipe;
-mod sockaddr;
 mod stdlib;
-mod stream;
 mod tasks;
 mod tls;
 mod transport;
@@ -21,10 +17,10 @@ fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::EventLoop>()?;
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
-    m.add_class::<stream::StreamCore>()?;
-    m.add_class::<pipe::ReadPipeCore>()?;
-    m.add_class::<pipe::WritePipeCore>()?;
-    m.add_class::<datagram::DatagramCore>()?;
+    m.add_class::<transport::stream::StreamCore>()?;
+    m.add_class::<transport::pipe::ReadPipeCore>()?;
+    m.add_class::<transport::pipe::WritePipeCore>()?;
+    m.add_class::<transport::datagram::DatagramCore>()?;
     m.add_class::<tls::TlsProtocol>()?;
     Ok(())
 }

@@ -8,7 +8,7 @@
 
 use std::io;
 
-use oxio_core::datagram::{recv_from, send_to};
+use oxio_core::transport::datagram::{recv_from, send_to};
 use oxio_core::{DatagramQueue, SockAddr};
 use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyOSError, PyValueError};
 use pyo3::gc::{PyTraverseError, PyVisit};
@@ -16,7 +16,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::sockaddr;
+use super::sockaddr;
 use crate::transport::{
     self, add_writer, is_exit, maybe_pause_protocol, maybe_resume_protocol, os_error, protocol_of,
     remove_reader, remove_writer, schedule_connection_lost, with_bytes, with_read_buffer, Core,

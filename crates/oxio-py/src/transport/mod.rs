@@ -2,8 +2,14 @@
 //! protocol; registering its fd; reporting errors the way asyncio's transports do; flow control
 //! of the protocol's writes; the read buffer; and the last step of closing.
 //!
-//! A core is the Rust half of a transport (`StreamCore`, `ReadPipeCore`, `WritePipeCore`); its
+//! A core is the Rust half of a transport (`StreamCore`, `ReadPipeCore`, `WritePipeCore`,
+//! `DatagramCore`, and `tls::TlsProtocol` for the app side of TLS); its
 //! Python half is the `asyncio` transport subclass users see. See docs/design.md, "Transports".
+
+pub(crate) mod datagram;
+pub(crate) mod pipe;
+mod sockaddr;
+pub(crate) mod stream;
 
 use std::cell::RefCell;
 use std::io;

@@ -2,7 +2,7 @@
 //! `socket.recvfrom()` would return, and a Python address becomes a `SockAddr` when it has one of
 //! the plain numeric forms. Anything else is left to the socket object itself (see `DatagramCore`).
 
-use oxio_core::datagram::{parse_ipv4, parse_ipv6};
+use oxio_core::transport::datagram::{parse_ipv4, parse_ipv6};
 use oxio_core::{Address, SockAddr};
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;

@@ -6,7 +6,7 @@
 
 use std::io;
 
-use oxio_core::stream::{recv, send, shutdown_write};
+use oxio_core::transport::stream::{recv, send, shutdown_write};
 use oxio_core::WriteQueue;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyConnectionError, PyOSError, PyRuntimeError, PyTypeError};

@@ -8,7 +8,7 @@
 
 use std::io;
 
-use oxio_core::stream::{read, write};
+use oxio_core::transport::stream::{read, write};
 use oxio_core::WriteQueue;
 use pyo3::exceptions::{PyBrokenPipeError, PyOSError};
 use pyo3::gc::{PyTraverseError, PyVisit};
