@@ -1,8 +1,10 @@
 """The network servers of `make bench`, each run on the loop under test in its own process.
 
-    python benches/net_servers.py LOOP SERVER ENDPOINT
+    python benches/net_servers.py LOOP SERVER [--tls CERT KEY] ENDPOINT
 
 ENDPOINT is `tcp:HOST:PORT` (port 0 picks a free one) or `unix:PATH`, as for benches/loadgen.
+With --tls the Protocol servers (`protocol`, `buffered`, `http`) serve TLS with that certificate
+chain and key, through the loop's own `ssl=` support.
 Once the server accepts connections it prints one JSON line, {"address": ENDPOINT}, with the port
 it got, then serves until it is killed. A loop that cannot run SERVER prints {"missing": reason}
 instead and exits with status 3.
@@ -11,9 +13,11 @@ The echo servers echo whatever arrives and know nothing of the message size, lik
 benches/loadgen's `echo-limit`, the reference they are compared against.
 """
 
+import argparse
 import asyncio
 import json
 import socket
+import ssl
 import sys
 import traceback
 
@@ -132,11 +136,11 @@ def listen_kwargs(endpoint):
 
 
 def protocol_server(factory):
-    async def serve(endpoint, ready):
+    async def serve(endpoint, ready, ssl=None):
         loop = asyncio.get_running_loop()
         unix, kwargs = listen_kwargs(endpoint)
         create = loop.create_unix_server if unix else loop.create_server
-        server = await create(factory, **kwargs)
+        server = await create(factory, **kwargs, ssl=ssl)
         ready(server.sockets[0])
         async with server:
             await loop.create_future()
@@ -197,7 +201,18 @@ SERVERS = {
 }
 
 
-def main(loop_name, server, endpoint):
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("loop")
+    parser.add_argument("server", choices=SERVERS)
+    parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
+    parser.add_argument("endpoint")
+    args = parser.parse_args()
+    # Only the servers that take a context get one: the others have no TLS to offer.
+    options = {}
+    if args.tls:
+        options["ssl"] = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        options["ssl"].load_cert_chain(*args.tls)
     ready_printed = False
 
     def ready(sock):
@@ -205,9 +220,9 @@ def main(loop_name, server, endpoint):
         print(json.dumps({"address": format_endpoint(sock)}), flush=True)
         ready_printed = True
 
-    loop = new_loop(loop_name)
+    loop = new_loop(args.loop)
     try:
-        loop.run_until_complete(SERVERS[server](endpoint, ready))
+        loop.run_until_complete(SERVERS[args.server](args.endpoint, ready, **options))
     except Exception as exc:
         if ready_printed:
             raise
@@ -217,4 +232,4 @@ def main(loop_name, server, endpoint):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    main()

@@ -2,14 +2,16 @@
 
 Each measurement starts a fresh server process, either benches/net_servers.py on the loop under
 test or the reference server benches/loadgen `echo-limit`, and drives it from the other CPU:
-benches/loadgen for the echo rows, wrk for HTTP. On a 2-core machine a Python client would
-saturate its own core before a fast server does; both of these are native and single-threaded.
+benches/loadgen for the echo rows (with rustls for TLS), wrk for HTTP and HTTPS. On a 2-core
+machine a Python client would saturate its own core before a fast server does; both of these are
+native and single-threaded.
 Every sample carries the server process's CPU seconds over the measured window, so the suite can
 report operations per server CPU-second next to wall-clock rates.
 """
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -124,13 +126,46 @@ def _run_client(command, timeout):
     return out.stdout
 
 
-def measure_echo(server_command, family, size, opts):
+@dataclasses.dataclass(frozen=True)
+class Certificate:
+    """A self-signed certificate for 127.0.0.1 and its key; `directory` holds them until exit."""
+
+    directory: tempfile.TemporaryDirectory
+    cert: pathlib.Path
+    key: pathlib.Path
+
+
+@functools.cache
+def certificate():
+    """The TLS rows' certificate, made by the openssl CLI once per run; no key is committed.
+
+    CA:FALSE because rustls, in the load generator, refuses a CA certificate as a server's own;
+    the load generator trusts this very certificate as its only root.
+    """
+    if shutil.which("openssl") is None:
+        raise Unavailable("the openssl CLI is not installed")
+    directory = tempfile.TemporaryDirectory(prefix="oxio-bench-tls-")
+    made = Certificate(
+        directory, *(pathlib.Path(directory.name, f) for f in ("cert.pem", "key.pem"))
+    )
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE",
+         "-keyout", made.key, "-out", made.cert],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return made
+
+
+def measure_echo(server_command, family, size, opts, tls_ca=None):
     if not LOADGEN.exists():
         raise Unavailable(f"{LOADGEN} is not built (make bench-deps builds it)")
     with _server(server_command, family) as (pid, address):
         out = _run_client(
             [LOADGEN, "--connect", address, "--connections", opts.connections, "--size", size,
-             "--warmup", opts.warmup, "--duration", opts.seconds, "--server-pid", pid],
+             "--warmup", opts.warmup, "--duration", opts.seconds, "--server-pid", pid,
+             *(["--tls-ca", tls_ca] if tls_ca else [])],
             timeout=opts.warmup + opts.seconds + 60,
         )  # fmt: skip
     return json.loads(out)
@@ -141,8 +176,11 @@ def measure_limit(family, size, opts):
     return measure_echo([ECHO_LIMIT, "--listen"], family, size, opts)
 
 
-def _python_server(loop, server):
-    return [sys.executable, str(HERE / "net_servers.py"), loop, server]
+def _python_server(loop, server, tls):
+    command = [sys.executable, str(HERE / "net_servers.py"), loop, server]
+    if tls:
+        command += ["--tls", certificate().cert, certificate().key]
+    return command
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,22 +189,31 @@ class EchoRow:
     server: str
     family: str
     size: int
+    tls: bool = False
     kind = "network"
 
     @property
     def limit(self):
-        return (self.family, self.size)
+        # echo-limit speaks no TLS; a TLS row has no reference server to be compared with.
+        return None if self.tls else (self.family, self.size)
 
     def measure(self, loop, opts):
-        return measure_echo(_python_server(loop, self.server), self.family, self.size, opts)
+        server = _python_server(loop, self.server, self.tls)
+        tls_ca = certificate().cert if self.tls else None
+        return measure_echo(server, self.family, self.size, opts, tls_ca)
 
 
 @dataclasses.dataclass(frozen=True)
 class HttpRow:
-    """wrk against HttpProtocol; `script` is a wrk Lua script that shapes the requests."""
+    """wrk against HttpProtocol; `script` is a wrk Lua script that shapes the requests.
+
+    With `tls` the server speaks HTTPS; wrk does not verify certificates, so it takes the
+    self-signed one as it is.
+    """
 
     name: str
     script: str | None
+    tls: bool = False
     kind = "network"
     limit = None
 
@@ -178,9 +225,11 @@ class HttpRow:
         command = ["wrk", "-t1", f"-c{opts.connections}", f"-d{seconds}s"]
         if self.script:
             command += ["-s", HERE / self.script]
-        with _server(_python_server(loop, "http"), "tcp") as (pid, address):
+        scheme = "https" if self.tls else "http"
+        with _server(_python_server(loop, "http", self.tls), "tcp") as (pid, address):
             cpu = cpu_seconds(pid)
-            out = _run_client([*command, f"http://{address.removeprefix('tcp:')}/"], seconds + 60)
+            url = f"{scheme}://{address.removeprefix('tcp:')}/"
+            out = _run_client([*command, url], seconds + 60)
             cpu = cpu_seconds(pid) - cpu
         return self._parse(out, cpu)
 
@@ -210,6 +259,11 @@ ROWS = [
         for size in (1, 10, 100)
     ),
     EchoRow("Unix Protocol echo 1 KiB", "protocol", "unix", KIB),
+    *(
+        EchoRow(f"TLS Protocol echo {size} KiB", "protocol", "tcp", size * KIB, tls=True)
+        for size in (1, 10, 100)
+    ),
     HttpRow("HTTP/1.1 keep-alive", None),
     HttpRow("HTTP/1.1 pipelined x16", "http_pipeline.lua"),
+    HttpRow("HTTPS keep-alive", None, tls=True),
 ]

@@ -182,6 +182,10 @@ def write_readme(results, loops, meta):
         "(all its threads, from /proc schedstat).",
         "- `limit` is `echo-limit`, a single-threaded Rust echo server (mio), driven the same "
         "way: what one core does when the event loop costs nothing.",
+        "- The TLS and HTTPS rows serve through the loop's own `ssl=` (the server's "
+        "`SSLContext`, a throwaway self-signed P-256 certificate made per run); `loadgen` speaks "
+        "TLS with rustls (ring) and handshakes before the window, wrk with OpenSSL. `echo-limit` "
+        "speaks no TLS, so those rows have no `limit`.",
         f"- Load average (1, 5, 15 min) {fmt_load(load['before'])} before the run and "
         f"{fmt_load(load['after'])} after. The machines are shared and noisy: trust ratios, and "
         "the per-CPU-second table over the wall-clock one, not absolute rates.",

@@ -3,12 +3,14 @@
 Each test starts an `aiohttp.web` app with `AppRunner`/`TCPSite` on an ephemeral port and
 drives it with `aiohttp.ClientSession` from the same loop, so every byte crosses the loop's
 stream transports twice. aiohttp logs handler failures instead of raising them, so each test
-also fails on any ERROR record from aiohttp's loggers.
+also fails on any ERROR record from aiohttp's loggers. One test runs it all over TLS: the site
+with an SSLContext, the client verifying against the test CA.
 """
 
 import asyncio
 import contextlib
 import hashlib
+import io
 import logging
 import socket
 import struct
@@ -36,15 +38,17 @@ def no_aiohttp_errors(caplog):
 
 
 @contextlib.asynccontextmanager
-async def serving(app, **runner_kwargs):
-    """Runs `app` on 127.0.0.1 and yields its base URL; cleans the runner up afterwards."""
+async def serving(app, ssl_context=None, **runner_kwargs):
+    """Runs `app` on 127.0.0.1 (HTTPS with `ssl_context`) and yields its base URL; cleans the
+    runner up afterwards."""
     runner = web.AppRunner(app, access_log=None, **runner_kwargs)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
     await site.start()
     host, port = runner.addresses[0][:2]
+    scheme = "https" if ssl_context else "http"
     try:
-        yield f"http://{host}:{port}", runner
+        yield f"{scheme}://{host}:{port}", runner
     finally:
         await runner.cleanup()
 
@@ -150,6 +154,41 @@ def test_websocket_echo(loop, run, no_aiohttp_errors):
                 assert await ws.receive_bytes() == big
                 await ws.close()
             assert ws.closed and ws.close_code == aiohttp.WSCloseCode.OK
+
+    run(asyncio.wait_for(main(), 30))
+
+
+def test_https_requests_streams_and_websocket(loop, run, certs, no_aiohttp_errors):
+    expected = pattern(STREAM_BYTES)
+    client_context = certs.client_context()
+
+    async def main():
+        async with (
+            serving(make_app(), ssl_context=certs.server_context()) as (url, _),
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context)) as session,
+        ):
+            assert url.startswith("https://")
+
+            async def get(n):
+                async with session.get(f"{url}/hello/{n}") as response:
+                    return await response.text()
+
+            bodies = await asyncio.gather(*(get(n) for n in range(100)))
+            assert bodies == [f"hello {n}" for n in range(100)]
+
+            async with session.get(f"{url}/stream") as response:
+                assert await response.read() == expected
+            upload = io.BytesIO(expected)  # aiohttp sends a file object in chunks
+            async with session.post(f"{url}/upload", data=upload) as response:
+                assert await response.json() == {
+                    "size": len(expected),
+                    "sha256": hashlib.sha256(expected).hexdigest(),
+                }
+            async with session.ws_connect(f"{url}/ws") as ws:
+                await ws.send_bytes(expected[: 1024 * 1024])
+                assert await ws.receive_bytes() == expected[: 1024 * 1024]
+                await ws.close()
+            assert ws.close_code == aiohttp.WSCloseCode.OK
 
     run(asyncio.wait_for(main(), 30))
 

@@ -3,7 +3,8 @@
 Two ways in: `uvicorn.Server(config).serve()` run in-process on the test's loop, and the CLI
 `python -m uvicorn asgi_app:app --loop oxio:new_event_loop` in a subprocess (uvicorn takes any
 `module:function` as a loop factory and calls it with no arguments). The clients (httpx, the
-`websockets` client, raw asyncio streams) run on the test's loop as well.
+`websockets` client, raw asyncio streams) run on the test's loop as well. One test serves HTTPS
+(uvicorn's `ssl_certfile`/`ssl_keyfile`), so the loop's TLS runs under both ends.
 """
 
 import asyncio
@@ -51,7 +52,8 @@ async def serving(**config_kwargs):
         while not server.started:
             assert not serve.done(), serve
             await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}", server
+        scheme = "https" if config.is_ssl else "http"
+        yield f"{scheme}://127.0.0.1:{port}", server
     finally:
         server.should_exit = True
         await asyncio.wait_for(serve, 10)
@@ -59,30 +61,31 @@ async def serving(**config_kwargs):
 
 
 # -- checks shared by the in-process and the subprocess tests -------------------------------
+# `client_options` go to httpx.AsyncClient: `verify` with the test CA for HTTPS.
 
 
-async def check_loop(url, loop_name):
-    async with httpx.AsyncClient() as client:
+async def check_loop(url, loop_name, **client_options):
+    async with httpx.AsyncClient(**client_options) as client:
         response = await client.get(f"{url}/loop")
     assert response.json() == {"loop": LOOP_CLASS[loop_name]}
 
 
-async def check_concurrent_requests(url, count=200):
+async def check_concurrent_requests(url, count=200, **client_options):
     # Fewer connections than requests: requests queue for and reuse keep-alive connections.
     limits = httpx.Limits(max_connections=40)
-    async with httpx.AsyncClient(limits=limits, timeout=20) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=20, **client_options) as client:
         responses = await asyncio.gather(*(client.get(f"{url}/items/{n}") for n in range(count)))
     assert [r.json() for r in responses] == [{"n": n} for n in range(count)]
 
 
-async def check_streams(url):
+async def check_streams(url, **client_options):
     expected = b"".join(asgi_app.chunk(i) for i in range(asgi_app.STREAM_CHUNKS))
 
     async def upload_body():
         for start in range(0, len(expected), asgi_app.CHUNK):
             yield expected[start : start + asgi_app.CHUNK]
 
-    async with httpx.AsyncClient(timeout=20) as client:
+    async with httpx.AsyncClient(timeout=20, **client_options) as client:
         async with client.stream("GET", f"{url}/stream") as response:
             assert response.headers["transfer-encoding"] == "chunked"
             received = b"".join([part async for part in response.aiter_raw()])
@@ -151,6 +154,21 @@ def test_websocket_echo(loop, run, ws, no_uvicorn_errors):
     async def main():
         async with serving(ws=ws) as (url, _):
             await check_websocket(url)
+
+    run(asyncio.wait_for(main(), 40))
+
+
+def test_https(loop, run, loop_name, certs, no_uvicorn_errors):
+    """uvicorn wraps its listener with ssl= on the loop; httpx verifies against the test CA."""
+    tls = {"ssl_certfile": certs.path("server.pem"), "ssl_keyfile": certs.path("server.key")}
+    verify = certs.client_context()
+
+    async def main():
+        async with serving(**tls) as (url, _):
+            assert url.startswith("https://")
+            await check_loop(url, loop_name, verify=verify)
+            await check_concurrent_requests(url, verify=verify)
+            await check_streams(url, verify=verify)
 
     run(asyncio.wait_for(main(), 40))
 

@@ -16,85 +16,8 @@ import time
 import pytest
 
 HOST = "127.0.0.1"
-LEAF_EXTENSIONS = """\
-subjectAltName=DNS:localhost,IP:127.0.0.1
-basicConstraints=CA:FALSE
-keyUsage=digitalSignature,keyEncipherment
-extendedKeyUsage=serverAuth,clientAuth
-authorityKeyIdentifier=keyid
-subjectKeyIdentifier=hash
-"""
 
 requires_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl CLI")
-
-
-class Certs:
-    """Paths of a CA, leaves it signed, and a self-signed certificate."""
-
-    def __init__(self, directory):
-        self.dir = directory
-
-    def path(self, name):
-        return str(self.dir / name)
-
-    def _openssl(self, *args):
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-    def make_ca(self):
-        self._openssl(
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-subj", "/CN=oxio test CA",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-            "-keyout", self.path("ca.key"), "-out", self.path("ca.pem"),
-        )  # fmt: skip
-
-    def make_leaf(self, name, cn, days):
-        (self.dir / "leaf.ext").write_text(LEAF_EXTENSIONS)
-        self._openssl(
-            "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
-            "-keyout", self.path(f"{name}.key"), "-out", self.path(f"{name}.csr"),
-        )  # fmt: skip
-        self._openssl(
-            "x509", "-req", "-in", self.path(f"{name}.csr"), "-days", str(days),
-            "-CA", self.path("ca.pem"), "-CAkey", self.path("ca.key"), "-CAcreateserial",
-            "-extfile", self.path("leaf.ext"), "-out", self.path(f"{name}.pem"),
-        )  # fmt: skip
-
-    def make_self_signed(self):
-        self._openssl(
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-subj", "/CN=localhost",
-            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-keyout", self.path("self.key"), "-out", self.path("self.pem"),
-        )  # fmt: skip
-
-    def server_context(self, name="server", **options):
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.path(f"{name}.pem"), self.path(f"{name}.key"))
-        for option, value in options.items():
-            setattr(context, option, value)
-        return context
-
-    def client_context(self, cafile="ca.pem", **options):
-        context = ssl.create_default_context(cafile=self.path(cafile))
-        for option, value in options.items():
-            setattr(context, option, value)
-        return context
-
-
-@pytest.fixture(scope="session")
-def certs(tmp_path_factory):
-    if shutil.which("openssl") is None:
-        pytest.skip("no openssl CLI")
-    made = Certs(tmp_path_factory.mktemp("certs"))
-    made.make_ca()
-    made.make_leaf("server", "localhost", days=2)
-    made.make_leaf("client", "oxio client", days=2)
-    # `-days -1`: notAfter a day before notBefore, which is now: expired.
-    made.make_leaf("expired", "localhost", days=-1)
-    made.make_self_signed()
-    return made
 
 
 async def echo_upper(reader, writer):

@@ -3,6 +3,8 @@
 //! Both binaries speak the same endpoint syntax as `benches/net_servers.py`, `tcp:HOST:PORT` or
 //! `unix:PATH`, so `benches/run.py` drives the Python servers and the reference server alike.
 
+pub mod tls;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -191,6 +193,13 @@ impl ReadyStream {
     pub fn write(&mut self, buf: &[u8]) -> io::Result<Option<usize>> {
         let (stream, ready) = (&mut self.stream, &mut self.writable);
         Self::transfer(ready, buf.len(), || stream.write(buf))
+    }
+
+    /// Writes out what the stream buffers (a TLS session's ciphertext) if the stream may be
+    /// writable; false if some of it has to wait for the next writable event.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        let (stream, ready) = (&mut self.stream, &mut self.writable);
+        Ok(Self::transfer(ready, 0, || stream.flush().map(|()| 0))?.is_some())
     }
 
     fn transfer(
