@@ -20,9 +20,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyFloat, PyMemoryView};
 
-use crate::transport::{
-    self, is_buffered_protocol, with_bytes, Core, FlowControl, Wiring, WriteCore,
-};
+use crate::transport::{self, is_buffered_protocol, with_bytes, FlowControl, Wiring, WriteCore};
 
 /// asyncio's `FLOW_CONTROL_HIGH_WATER_SSL_WRITE`: plaintext buffered before `pause_writing`.
 const WRITE_HIGH_WATER: usize = 512 * 1024;
@@ -128,15 +126,7 @@ pub struct TlsProtocol {
     conn_lost: u32,
 }
 
-impl Core for TlsProtocol {
-    fn wiring(&self) -> &Wiring {
-        &self.wiring
-    }
-
-    fn wiring_mut(&mut self) -> &mut Wiring {
-        &mut self.wiring
-    }
-}
+transport::impl_core!(TlsProtocol);
 
 impl WriteCore for TlsProtocol {
     fn flow_mut(&mut self) -> &mut FlowControl {

@@ -19,7 +19,7 @@ use pyo3::types::PyBytes;
 use super::sockaddr;
 use crate::transport::{
     self, add_writer, is_exit, maybe_pause_protocol, maybe_resume_protocol, os_error, protocol_of,
-    remove_reader, remove_writer, schedule_connection_lost, with_bytes, with_read_buffer, Core,
+    remove_reader, remove_writer, schedule_connection_lost, with_bytes, with_read_buffer,
     FlowControl, ReadCore, Wiring, WriteCore, LOG_THRESHOLD_FOR_CONNLOST_WRITES, READ_SIZE,
 };
 
@@ -70,29 +70,9 @@ pub struct DatagramCore {
     released: bool,
 }
 
-impl Core for DatagramCore {
-    fn wiring(&self) -> &Wiring {
-        &self.wiring
-    }
+transport::impl_core!(DatagramCore);
 
-    fn wiring_mut(&mut self) -> &mut Wiring {
-        &mut self.wiring
-    }
-}
-
-impl ReadCore for DatagramCore {
-    fn closing(&self) -> bool {
-        self.closing
-    }
-
-    fn reading_paused(&self) -> bool {
-        self.reading_paused
-    }
-
-    fn set_reading_paused(&mut self, paused: bool) {
-        self.reading_paused = paused;
-    }
-}
+transport::impl_read_core!(DatagramCore, reading_paused);
 
 impl WriteCore for DatagramCore {
     fn flow_mut(&mut self) -> &mut FlowControl {

@@ -6,6 +6,42 @@
 //! `DatagramCore`, and `tls::TlsProtocol` for the app side of TLS); its
 //! Python half is the `asyncio` transport subclass users see. See docs/design.md, "Transports".
 
+/// Implements [`Core`] for a core whose links live in its `wiring` field.
+macro_rules! impl_core {
+    ($core:ty) => {
+        impl $crate::transport::Core for $core {
+            fn wiring(&self) -> &$crate::transport::Wiring {
+                &self.wiring
+            }
+
+            fn wiring_mut(&mut self) -> &mut $crate::transport::Wiring {
+                &mut self.wiring
+            }
+        }
+    };
+}
+
+/// Implements [`ReadCore`] for a core with a `closing` flag and the given paused flag.
+macro_rules! impl_read_core {
+    ($core:ty, $paused:ident) => {
+        impl $crate::transport::ReadCore for $core {
+            fn closing(&self) -> bool {
+                self.closing
+            }
+
+            fn reading_paused(&self) -> bool {
+                self.$paused
+            }
+
+            fn set_reading_paused(&mut self, paused: bool) {
+                self.$paused = paused;
+            }
+        }
+    };
+}
+
+pub(crate) use {impl_core, impl_read_core};
+
 pub(crate) mod datagram;
 pub(crate) mod pipe;
 mod sockaddr;

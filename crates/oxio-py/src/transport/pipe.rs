@@ -19,8 +19,7 @@ use pyo3::types::PyBytes;
 use crate::transport::{
     self, add_reader, add_writer, maybe_pause_protocol, maybe_resume_protocol, os_error,
     protocol_of, remove_reader, remove_writer, schedule_connection_lost, with_bytes,
-    with_read_buffer, Core, FlowControl, ReadCore, Wiring, WriteCore,
-    LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    with_read_buffer, FlowControl, ReadCore, Wiring, WriteCore, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 
 #[pyclass(module = "oxio._oxio")]
@@ -30,29 +29,9 @@ pub struct ReadPipeCore {
     paused: bool,
 }
 
-impl Core for ReadPipeCore {
-    fn wiring(&self) -> &Wiring {
-        &self.wiring
-    }
+transport::impl_core!(ReadPipeCore);
 
-    fn wiring_mut(&mut self) -> &mut Wiring {
-        &mut self.wiring
-    }
-}
-
-impl ReadCore for ReadPipeCore {
-    fn closing(&self) -> bool {
-        self.closing
-    }
-
-    fn reading_paused(&self) -> bool {
-        self.paused
-    }
-
-    fn set_reading_paused(&mut self, paused: bool) {
-        self.paused = paused;
-    }
-}
+transport::impl_read_core!(ReadPipeCore, paused);
 
 impl ReadPipeCore {
     fn close_with(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
@@ -196,15 +175,7 @@ pub struct WritePipeCore {
     finished: bool,
 }
 
-impl Core for WritePipeCore {
-    fn wiring(&self) -> &Wiring {
-        &self.wiring
-    }
-
-    fn wiring_mut(&mut self) -> &mut Wiring {
-        &mut self.wiring
-    }
-}
+transport::impl_core!(WritePipeCore);
 
 impl WriteCore for WritePipeCore {
     fn flow_mut(&mut self) -> &mut FlowControl {

@@ -18,8 +18,7 @@ use pyo3::types::PyBytes;
 use crate::transport::{
     self, add_writer, is_buffered_protocol, is_exit, maybe_pause_protocol, maybe_resume_protocol,
     os_error, protocol_of, remove_reader, remove_writer, schedule_connection_lost, with_bytes,
-    with_read_buffer, Core, FlowControl, ReadCore, Wiring, WriteCore,
-    LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    with_read_buffer, FlowControl, ReadCore, Wiring, WriteCore, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 
 #[pyclass(module = "oxio._oxio")]
@@ -41,29 +40,9 @@ pub struct StreamCore {
     empty_waiter: Option<Py<PyAny>>,
 }
 
-impl Core for StreamCore {
-    fn wiring(&self) -> &Wiring {
-        &self.wiring
-    }
+transport::impl_core!(StreamCore);
 
-    fn wiring_mut(&mut self) -> &mut Wiring {
-        &mut self.wiring
-    }
-}
-
-impl ReadCore for StreamCore {
-    fn closing(&self) -> bool {
-        self.closing
-    }
-
-    fn reading_paused(&self) -> bool {
-        self.reading_paused
-    }
-
-    fn set_reading_paused(&mut self, paused: bool) {
-        self.reading_paused = paused;
-    }
-}
+transport::impl_read_core!(StreamCore, reading_paused);
 
 impl WriteCore for StreamCore {
     fn flow_mut(&mut self) -> &mut FlowControl {
