@@ -77,6 +77,33 @@ def test_self_signed_echo_and_extra_info(run, certs):
     assert info["socket"].family == socket.AF_INET
 
 
+def test_a_custom_sslobject_class_is_used_for_every_record(run, certs):
+    """oxio reads and writes records through the inner object only for `ssl.SSLObject` itself;
+    a context's own `sslobject_class` keeps seeing every call, as on asyncio."""
+    calls = {"read": 0, "write": 0}
+
+    class CountingSSLObject(ssl.SSLObject):
+        def read(self, *args):
+            calls["read"] += 1
+            return super().read(*args)
+
+        def write(self, data):
+            calls["write"] += 1
+            return super().write(data)
+
+    client_context = certs.client_context("self.pem")
+    client_context.sslobject_class = CountingSSLObject
+
+    async def main():
+        async with tls_server(echo_upper, certs.server_context("self")) as port:
+            return await exchange(port, client_context, server_hostname="localhost")
+
+    answer, info = run(main())
+    assert answer == b"HELLO"
+    assert isinstance(info["ssl_object"], CountingSSLObject)
+    assert calls["read"] >= 1 and calls["write"] >= 1
+
+
 def test_ca_chain_against_thread_server(run, certs):
     def serve(tls):
         tls.sendall(tls.recv(100).upper())

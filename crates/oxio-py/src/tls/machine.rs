@@ -273,13 +273,13 @@ impl TlsProtocol {
     /// Encrypts the backlog into the outgoing BIO, then sends it down.
     pub(super) fn do_write(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let sslobj = Self::sslobj(slf);
+        let records = Self::records(slf);
         loop {
             let Some(chunk) = slf.borrow().backlog.front().map(|c| c.clone_ref(py)) else {
                 break;
             };
             let chunk = chunk.into_bound(py);
-            let result = sslobj.call_method1(intern!(py, "write"), (&chunk,));
+            let result = records.call_method1(intern!(py, "write"), (&chunk,));
             let written: usize = match ssl_call(py, result)? {
                 Ssl::WouldBlock => break,
                 Ssl::Failed(err) => return Err(err),
@@ -348,11 +348,11 @@ impl TlsProtocol {
     /// Decrypts everything available and hands it to `data_received` in one `bytes`.
     fn read_into_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let sslobj = Self::sslobj(slf);
+        let records = Self::records(slf);
         let mut chunks = Vec::new();
         let mut close_notify = false;
         loop {
-            let result = sslobj.call_method1(intern!(py, "read"), (READ_SIZE,));
+            let result = records.call_method1(intern!(py, "read"), (READ_SIZE,));
             match ssl_call(py, result)? {
                 Ssl::WouldBlock => break,
                 Ssl::Failed(err) => return Err(err),
@@ -395,13 +395,13 @@ impl TlsProtocol {
                 "get_buffer() returned an empty buffer",
             ));
         }
-        let sslobj = Self::sslobj(slf);
+        let records = Self::records(slf);
         let mut filled = 0;
         let mut close_notify = false;
         while filled < wants {
             let target = PySlice::new(py, filled as isize, wants as isize, 1);
             let target = view.get_item(target)?;
-            let result = sslobj.call_method1(intern!(py, "read"), (wants - filled, target));
+            let result = records.call_method1(intern!(py, "read"), (wants - filled, target));
             match ssl_call(py, result)? {
                 Ssl::WouldBlock => break,
                 Ssl::Failed(err) => return Err(err),
@@ -535,6 +535,11 @@ impl TlsProtocol {
 
     pub(super) fn sslobj<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyAny> {
         slf.borrow().ssl.object.bind(slf.py()).clone()
+    }
+
+    /// Where records are read and written (`SslPipe::records`).
+    pub(super) fn records<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyAny> {
+        slf.borrow().ssl.records.bind(slf.py()).clone()
     }
 
     pub(super) fn incoming<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyAny> {

@@ -80,6 +80,10 @@ enum AppState {
 /// The `SSLObject` and the memory BIOs it reads ciphertext from and writes ciphertext to.
 struct SslPipe {
     object: Py<PyAny>,
+    /// What `read`/`write` are called on per record: `ssl.SSLObject`'s inner `_sslobj` when the
+    /// object is exactly that class, whose methods only forward there (one Python frame less
+    /// per call); the object itself when a context's `sslobject_class` made it something else.
+    records: Py<PyAny>,
     incoming: Py<PyAny>,
     outgoing: Py<PyAny>,
 }
@@ -136,6 +140,20 @@ impl WriteCore for TlsProtocol {
     fn write_buffer_size(&self) -> usize {
         Python::attach(|py| self.backlog_size + bio_pending(self.ssl.outgoing.bind(py)))
     }
+}
+
+/// The object to call `read`/`write` on for `sslobj` (see `SslPipe::records`).
+fn record_layer<'py>(sslobj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = sslobj.py();
+    let ssl_object = py
+        .import(intern!(py, "ssl"))?
+        .getattr(intern!(py, "SSLObject"))?;
+    if sslobj.get_type().is(&ssl_object) {
+        if let Ok(inner) = sslobj.getattr(intern!(py, "_sslobj")) {
+            return Ok(inner);
+        }
+    }
+    Ok(sslobj.clone())
 }
 
 /// Bytes waiting in a `MemoryBIO`.
@@ -220,6 +238,7 @@ impl TlsProtocol {
             (&incoming, &outgoing),
             Some(&kwargs),
         )?;
+        let records = record_layer(&object)?;
         let extra = PyDict::new(py);
         extra.set_item(intern!(py, "sslcontext"), sslcontext)?;
         Ok(Self {
@@ -228,6 +247,7 @@ impl TlsProtocol {
             transport: None,
             ssl: SslPipe {
                 object: object.unbind(),
+                records: records.unbind(),
                 incoming: incoming.unbind(),
                 outgoing: outgoing.unbind(),
             },
@@ -541,6 +561,7 @@ impl TlsProtocol {
         visit.call(&self.app_transport)?;
         visit.call(&self.transport)?;
         visit.call(&self.ssl.object)?;
+        visit.call(&self.ssl.records)?;
         visit.call(&self.ssl.incoming)?;
         visit.call(&self.ssl.outgoing)?;
         visit.call(&self.extra)?;
