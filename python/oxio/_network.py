@@ -114,10 +114,7 @@ class NetworkMixin:
             if not host:
                 raise ValueError("You must set server_hostname when using ssl without a host")
             server_hostname = host
-        if ssl_handshake_timeout is not None and not ssl:
-            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
-        if ssl_shutdown_timeout is not None and not ssl:
-            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        _check_tls_timeouts(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         if sock is not None:
             _check_ssl_socket(sock)
         if happy_eyeballs_delay is not None and interleave is None:
@@ -232,10 +229,8 @@ class NetworkMixin:
     ):
         if isinstance(ssl, bool):
             raise TypeError("ssl argument must be an SSLContext or None")
-        if ssl_handshake_timeout is not None and ssl is None:
-            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
-        if ssl_shutdown_timeout is not None and ssl is None:
-            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        # asyncio's create_server tests `ssl is None` where its other methods test `not ssl`.
+        _check_tls_timeouts(ssl is not None, ssl_handshake_timeout, ssl_shutdown_timeout)
         if sock is not None:
             _check_ssl_socket(sock)
         if host is not None or port is not None:
@@ -325,10 +320,7 @@ class NetworkMixin:
         else:
             if server_hostname is not None:
                 raise ValueError("server_hostname is only meaningful with ssl")
-            if ssl_handshake_timeout is not None:
-                raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
-            if ssl_shutdown_timeout is not None:
-                raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+            _check_tls_timeouts(False, ssl_handshake_timeout, ssl_shutdown_timeout)
         if path is not None:
             if sock is not None:
                 raise ValueError("path and sock can not be specified at the same time")
@@ -370,10 +362,7 @@ class NetworkMixin:
     ):
         if isinstance(ssl, bool):
             raise TypeError("ssl argument must be an SSLContext or None")
-        if ssl_handshake_timeout is not None and not ssl:
-            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
-        if ssl_shutdown_timeout is not None and not ssl:
-            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        _check_tls_timeouts(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         if path is not None:
             if sock is not None:
                 raise ValueError("path and sock can not be specified at the same time")
@@ -421,10 +410,7 @@ class NetworkMixin:
     ):
         if sock.type != socket.SOCK_STREAM:
             raise ValueError(f"A Stream Socket was expected, got {sock!r}")
-        if ssl_handshake_timeout is not None and not ssl:
-            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
-        if ssl_shutdown_timeout is not None and not ssl:
-            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        _check_tls_timeouts(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         _check_ssl_socket(sock)
         return await self._create_connection_transport(
             sock,
@@ -540,6 +526,14 @@ class NetworkMixin:
         if inode is not None:
             _cleanup_unix_socket(sock, inode)
         sock.close()
+
+
+def _check_tls_timeouts(with_tls, ssl_handshake_timeout, ssl_shutdown_timeout):
+    """asyncio's checks: the TLS timeouts mean nothing without TLS."""
+    if ssl_handshake_timeout is not None and not with_tls:
+        raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+    if ssl_shutdown_timeout is not None and not with_tls:
+        raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
 
 
 def _check_ssl_socket(sock):
