@@ -4,6 +4,8 @@ import asyncio
 import gc
 import os
 import socket
+import warnings
+import weakref
 
 
 def open_fds():
@@ -65,3 +67,72 @@ def test_10k_sockets_through_sock_methods_leave_fds_and_memory_flat(loop, run):
     assert open_fds() == fds
     assert rss_kib() - rss < 2048, f"RSS grew by {rss_kib() - rss} KiB"
     listener.close()
+
+
+class Holder:
+    """Holds the handle that calls it back: the cycle `self.handle = loop.call_soon(self.cb)`."""
+
+    def callback(self):
+        pass
+
+
+def test_a_handle_in_a_cycle_is_collected_after_it_ran(loop, run):
+    async def main():
+        # Many handles first, so that one reused from any allocator cache is the one tested.
+        for _ in range(5000):
+            loop.call_soon(int)
+        await asyncio.sleep(0)
+
+        def make_cycle():
+            holder = Holder()
+            holder.handle = loop.call_soon(holder.callback)
+            return weakref.ref(holder)
+
+        ref = make_cycle()
+        await asyncio.sleep(0)
+        gc.collect()
+        return ref() is None
+
+    assert run(main())
+
+
+def test_timers_in_cycles_are_collected_once_fired_or_cancelled(loop, run):
+    async def main():
+        def make_cycle(delay, cancel):
+            holder = Holder()
+            holder.handle = loop.call_later(delay, holder.callback)
+            if cancel:
+                holder.handle.cancel()
+            return weakref.ref(holder)
+
+        fired = make_cycle(0, cancel=False)
+        cancelled = make_cycle(3600, cancel=True)
+        # More than 100 cancelled timers make the loop drop them from its heap.
+        for _ in range(200):
+            loop.call_later(3600, int).cancel()
+        await asyncio.sleep(0.01)
+        gc.collect()
+        return fired() is None, cancelled() is None
+
+    assert run(main()) == (True, True)
+
+
+def test_a_stopped_loop_left_in_a_cycle_with_pending_callbacks_is_collected(loop_factory):
+    def abandon():
+        loop = loop_factory()
+
+        async def schedule():
+            # Scheduled while the loop runs, then still pending when it stops.
+            holder = Holder()
+            holder.loop = loop
+            holder.soon = loop.call_soon(holder.callback)
+            holder.later = loop.call_later(3600, holder.callback)
+
+        loop.run_until_complete(schedule())
+        return weakref.ref(loop)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # the loop is unclosed on purpose
+        ref = abandon()
+        gc.collect()
+    assert ref() is None

@@ -73,6 +73,11 @@ impl Events {
         self.len
     }
 
+    /// Forgets the last poll's results, for an iteration that skips the poll.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -116,6 +116,11 @@ impl<T> TimerHeap<T> {
         removed
     }
 
+    /// Every pending timer, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.heap.iter().map(|entry| &entry.item)
+    }
+
     /// Removes every timer and hands them back.
     pub fn drain(&mut self) -> Vec<T> {
         self.heap.drain().map(|entry| entry.item).collect()

@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use oxio_core::{monotonic, Events, Interest, Poller, TimerHeap, Waker};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{intern, PyClassInitializer};
 
-use crate::context;
-use crate::handle::{Handle, TimerHandle};
+use crate::handle::{self, Handle, TimerHandle};
 use crate::tasks;
 
 mod iteration;
@@ -132,27 +132,46 @@ impl EventLoop {
         context: Option<Bound<'_, PyAny>>,
         source_traceback: Option<Py<PyAny>>,
     ) -> PyResult<Handle> {
-        let py = slf.py();
-        let context = match context {
-            Some(ctx) if !ctx.is_none() => ctx.unbind(),
-            _ => context::copy_current(py)?,
-        };
-        Ok(Handle::create(
+        Handle::create(
+            slf.py(),
             callback.clone().unbind(),
             args.clone().unbind(),
             slf.clone().into_any().unbind(),
-            context,
+            context.filter(|ctx| !ctx.is_none()).map(Bound::unbind),
             source_traceback,
-        ))
+        )
     }
 
-    fn schedule_ready(&self, handle: Py<Handle>) -> PyResult<()> {
+    fn schedule_ready(&self, handle: &Bound<'_, Handle>) -> PyResult<()> {
         let mut core = self.core();
         if core.poller.is_none() {
             return Err(closed_error());
         }
-        core.ready.push_back(handle);
+        core.ready.push_back(handle.clone().unbind());
         Ok(())
+    }
+
+    /// Empties the ready queue, the timer heap and the watchers, handing their handles back to
+    /// be released outside the lock.
+    fn take_scheduled(&self) -> (Vec<Py<Handle>>, Vec<Py<TimerHandle>>) {
+        let mut core = self.core();
+        let mut handles: Vec<_> = core.ready.drain(..).collect();
+        handles.extend(core.readers.drain().map(|(_, h)| h));
+        handles.extend(core.writers.drain().map(|(_, h)| h));
+        (handles, core.timers.drain())
+    }
+
+    fn release_all(py: Python<'_>, handles: Vec<Py<Handle>>, timers: Vec<Py<TimerHandle>>) {
+        for handle in handles {
+            handle::release(handle.into_bound(py));
+        }
+        for timer in timers {
+            handle::release(timer.into_bound(py).into_super());
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.thread_id.load(Ordering::Relaxed) != 0
     }
 
     fn wake(&self) {
@@ -173,13 +192,16 @@ impl EventLoop {
         let traceback = Self::debug_checks(slf, callback, "call_at", true)?;
         let base = Self::new_handle(slf, callback, args, context, traceback)?;
         let init = PyClassInitializer::from(base).add_subclass(TimerHandle::create(when));
-        let timer = Py::new(slf.py(), init)?;
+        let timer = Bound::new(slf.py(), init)?;
         let mut core = this.core();
         if core.poller.is_none() {
             return Err(closed_error());
         }
-        core.timers.push(when, timer.clone_ref(slf.py()));
-        Ok(timer)
+        if this.running() {
+            handle::untrack(timer.as_super());
+        }
+        core.timers.push(when, timer.clone().unbind());
+        Ok(timer.unbind())
     }
 }
 
@@ -232,38 +254,38 @@ impl EventLoop {
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon(
-        slf: &Bound<'_, Self>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
+    fn call_soon<'py>(
+        slf: &Bound<'py, Self>,
+        callback: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
         let this = slf.get();
         this.check_closed()?;
         let traceback = Self::debug_checks(slf, callback, "call_soon", true)?;
-        let handle = Py::new(
+        let handle = Bound::new(
             slf.py(),
             Self::new_handle(slf, callback, args, context, traceback)?,
         )?;
-        this.schedule_ready(handle.clone_ref(slf.py()))?;
+        this.schedule_ready(&handle)?;
         Ok(handle)
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon_threadsafe(
-        slf: &Bound<'_, Self>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
+    fn call_soon_threadsafe<'py>(
+        slf: &Bound<'py, Self>,
+        callback: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
         let this = slf.get();
         this.check_closed()?;
         let traceback = Self::debug_checks(slf, callback, "call_soon_threadsafe", false)?;
-        let handle = Py::new(
+        let handle = Bound::new(
             slf.py(),
             Self::new_handle(slf, callback, args, context, traceback)?,
         )?;
-        this.schedule_ready(handle.clone_ref(slf.py()))?;
+        this.schedule_ready(&handle)?;
         this.wake();
         Ok(handle)
     }
@@ -359,7 +381,7 @@ impl EventLoop {
     }
 
     /// Queues an existing handle (a signal handler's) for the next iteration.
-    fn _schedule_handle(&self, handle: Py<Handle>) -> PyResult<()> {
+    fn _schedule_handle(&self, handle: &Bound<'_, Handle>) -> PyResult<()> {
         self.schedule_ready(handle)?;
         self.wake();
         Ok(())
@@ -427,6 +449,7 @@ impl EventLoop {
         };
         this.stopping.store(false, Ordering::Relaxed);
         this.thread_id.store(0, Ordering::Relaxed);
+        this.track_scheduled(slf.py());
         result
     }
 
@@ -435,7 +458,7 @@ impl EventLoop {
     }
 
     fn is_running(&self) -> bool {
-        self.thread_id.load(Ordering::Relaxed) != 0
+        self.running()
     }
 
     #[getter]
@@ -469,21 +492,47 @@ impl EventLoop {
         (core.ready.len(), core.timers.len())
     }
 
+    /// Lets the cyclic GC see what the loop holds, so an unclosed loop in a cycle with its own
+    /// pending callbacks is still freed. A lock held elsewhere (a collection triggered while
+    /// the loop is mid-update) hides the contents, which only delays collection.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Ok(core) = self.core.try_lock() {
+            for handle in core
+                .ready
+                .iter()
+                .chain(core.readers.values())
+                .chain(core.writers.values())
+            {
+                visit.call(handle)?;
+            }
+            for timer in core.timers.iter() {
+                visit.call(timer)?;
+            }
+        }
+        if let Ok(factory) = self.task_factory.try_lock() {
+            visit.call(&*factory)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self, py: Python<'_>) {
+        let factory = lock(&self.task_factory).take();
+        let (handles, timers) = self.take_scheduled();
+        drop(factory);
+        Self::release_all(py, handles, timers);
+    }
+
     /// Marks the loop closed and releases its callbacks, watchers, epoll fd and eventfd.
-    fn _close(&self) {
+    fn _close(&self, py: Python<'_>) {
         if self.closed.swap(true, Ordering::Relaxed) {
             return;
         }
+        let (handles, timers) = self.take_scheduled();
         let released = {
             let mut core = self.core();
-            let ready: Vec<_> = core.ready.drain(..).collect();
-            let timers = core.timers.drain();
-            let readers: Vec<_> = core.readers.drain().map(|(_, h)| h).collect();
-            let writers: Vec<_> = core.writers.drain().map(|(_, h)| h).collect();
-            let poller = core.poller.take();
-            let waker = core.waker.take();
-            (ready, timers, readers, writers, poller, waker)
+            (core.poller.take(), core.waker.take())
         };
         drop(released);
+        Self::release_all(py, handles, timers);
     }
 }
