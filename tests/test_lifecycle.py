@@ -180,3 +180,16 @@ def test_unclosed_loop_warns(loop_factory):
     with pytest.warns(ResourceWarning, match="unclosed event loop"):
         loop.__del__()
     loop.close()
+
+
+def test_the_native_base_comes_first_and_no_mixin_shadows_it():
+    # oxio.Loop lists EventLoop first for speed (see loop.py); that is only safe while no
+    # Python mixin defines a name the native class defines.
+    from oxio._oxio import EventLoop
+
+    assert oxio.Loop.__mro__[1] is EventLoop
+    native = set(vars(EventLoop)) - {"__doc__", "__module__"}
+    mixins = [cls for cls in oxio.Loop.__mro__[2:] if cls.__module__.startswith("oxio.")]
+    assert len(mixins) > 5
+    for cls in mixins:
+        assert not native & set(vars(cls)), cls

@@ -21,7 +21,11 @@ from ._subprocess import SubprocessMixin
 from ._tls import TlsMixin
 
 
+# NOTE: EventLoop comes first: every call into it checks `isinstance(self, EventLoop)`, which
+# walks the MRO from the start; behind eleven mixins that walk was 3% of `call_soon` (callgrind).
+# No mixin defines a name EventLoop defines, so the order changes no lookup.
 class Loop(
+    EventLoop,
     NetworkMixin,
     TlsMixin,
     PipesMixin,
@@ -33,7 +37,6 @@ class Loop(
     ExecutorMixin,
     ExceptionHandlerMixin,
     DebugMixin,
-    EventLoop,
     asyncio.AbstractEventLoop,
 ):
     """An asyncio event loop whose scheduler, timers and I/O polling run in Rust."""
