@@ -98,3 +98,21 @@ fn waker_interrupts_a_blocked_wait_from_another_thread() {
         .unwrap();
     assert!(events.is_empty(), "drain must reset the waker");
 }
+
+#[test]
+fn a_burst_of_wake_ups_is_one_readiness_and_a_drain_rearms_the_waker() {
+    let poller = Poller::new().unwrap();
+    let waker = Waker::new().unwrap();
+    poller.add(waker.as_raw_fd(), u64::MAX, READ).unwrap();
+    let mut events = Events::with_capacity(4);
+    for _ in 0..3 {
+        for _ in 0..100 {
+            waker.wake();
+        }
+        poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
+        assert_eq!(events.len(), 1);
+        waker.drain();
+        poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
+        assert!(events.is_empty(), "drain must reset the waker");
+    }
+}

@@ -286,7 +286,10 @@ impl EventLoop {
             Self::new_handle(slf, callback, args, context, traceback)?,
         )?;
         this.schedule_ready(&handle)?;
-        this.wake();
+        // The loop's own thread is not blocked in a poll, so it needs no wake-up.
+        if this.thread_id.load(Ordering::Relaxed) != current_thread_id() {
+            this.wake();
+        }
         Ok(handle)
     }
 
