@@ -37,6 +37,12 @@ async def call_soon(n=200_000):
     return await callback_chains(asyncio.get_running_loop().call_soon, n)
 
 
+async def call_soon_threadsafe(n=200_000):
+    """call_soon's chains through call_soon_threadsafe, called from the loop's own thread: the
+    price of the lock and of waking the poll that a call from another thread pays."""
+    return await callback_chains(asyncio.get_running_loop().call_soon_threadsafe, n)
+
+
 async def call_later(n=100_000):
     loop = asyncio.get_running_loop()
     done = loop.create_future()
@@ -67,6 +73,17 @@ async def gather(n=100_000):
         pass
 
     await asyncio.gather(*(noop() for _ in range(n)))
+    return n
+
+
+async def create_task_await(n=100_000):
+    """Spawn a task running a trivial coroutine and await it, one at a time."""
+
+    async def noop():
+        pass
+
+    for _ in range(n):
+        await asyncio.create_task(noop())
     return n
 
 
@@ -137,8 +154,10 @@ async def subprocess_pipe(mib=1024):
 
 WORKLOADS = {
     "call_soon": call_soon,
+    "call_soon_threadsafe": call_soon_threadsafe,
     "call_later": call_later,
     "sleep(0)": sleep0,
+    "create_task+await": create_task_await,
     "gather 100k": gather,
     "queue ping-pong": queue_ping_pong,
     "sock_* echo 1 KiB": sock_echo,
