@@ -258,7 +258,10 @@ ROWS = [
         for server, label in ECHO_APIS.items()
         for size in (1, 10, 100)
     ),
-    EchoRow("Unix Protocol echo 1 KiB", "protocol", "unix", KIB),
+    *(
+        EchoRow(f"Unix Protocol echo {size} KiB", "protocol", "unix", size * KIB)
+        for size in (1, 10, 100)
+    ),
     *(
         EchoRow(f"TLS Protocol echo {size} KiB", "protocol", "tcp", size * KIB, tls=True)
         for size in (1, 10, 100)
