@@ -16,6 +16,7 @@ import json
 import os
 import pathlib
 import re
+import resource
 import select
 import shutil
 import subprocess
@@ -111,6 +112,8 @@ def _server(command, family):
 
 
 def _run_client(command, timeout):
+    """The client's stdout and the CPU seconds it used (user and system)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         out = subprocess.run(
             [str(arg) for arg in command],
@@ -123,7 +126,11 @@ def _run_client(command, timeout):
         raise Unavailable(f"{pathlib.Path(command[0]).name} timed out") from None
     if out.returncode != 0:
         raise Unavailable(f"{pathlib.Path(command[0]).name} failed: {_tail(out.stderr)}")
-    return out.stdout
+    # Children's usage counts those reaped so far; the client is the only one reaped meanwhile
+    # (the server is reaped after it).
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return out.stdout, cpu
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +169,7 @@ def measure_echo(server_command, family, size, opts, tls_ca=None):
     if not LOADGEN.exists():
         raise Unavailable(f"{LOADGEN} is not built (make bench-deps builds it)")
     with _server(server_command, family) as (pid, address):
-        out = _run_client(
+        out, _ = _run_client(
             [LOADGEN, "--connect", address, "--connections", opts.connections, "--size", size,
              "--warmup", opts.warmup, "--duration", opts.seconds, "--server-pid", pid,
              *(["--tls-ca", tls_ca] if tls_ca else [])],
@@ -229,19 +236,19 @@ class HttpRow:
         with _server(_python_server(loop, "http", self.tls), "tcp") as (pid, address):
             cpu = cpu_seconds(pid)
             url = f"{scheme}://{address.removeprefix('tcp:')}/"
-            out = _run_client([*command, url], seconds + 60)
+            out, client_cpu = _run_client([*command, url], seconds + 60)
             cpu = cpu_seconds(pid) - cpu
-        return self._parse(out, cpu)
+        return self._parse(out, cpu, client_cpu)
 
     @staticmethod
-    def _parse(out, cpu):
+    def _parse(out, cpu, client_cpu):
         requests = re.search(r"(\d+) requests in", out)
         rate = re.search(r"Requests/sec:\s*([\d.]+)", out)
         errors = re.search(r"(Socket errors|Non-2xx or 3xx responses):.*", out)
         if errors or not requests or not rate or int(requests[1]) == 0:
             raise Unavailable(f"wrk: {errors[0] if errors else _tail(out)}")
         ops = int(requests[1])
-        return {"ops": ops, "wall": ops / float(rate[1]), "cpu": cpu}
+        return {"ops": ops, "wall": ops / float(rate[1]), "cpu": cpu, "client_cpu": client_cpu}
 
 
 # net_servers.py server name: how the rows call the API it echoes through.
