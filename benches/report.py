@@ -177,6 +177,8 @@ def write_readme(results, loops, meta):
         else "nothing is pinned (a single CPU)"
     )
     busy = generator_load(results)
+    scale = meta["workload_scale"]
+    scaled = "" if scale == 1 else f", at {scale:g} of their full size (all but `gather 100k`)"
     lines = [
         "# oxio benchmarks",
         "",
@@ -190,8 +192,8 @@ def write_readme(results, loops, meta):
         "- Every measurement is a fresh process; the loops are interleaved round by round "
         f"(rotating order), {meta['rounds']} rounds. Figures are medians of operations per "
         "wall-clock second, with min-max; ratios compare medians.",
-        "- In-process workloads (`workloads.py`) run once after a warm-up; `ops/CPU-s` counts "
-        "operations per CPU-second of that process.",
+        f"- In-process workloads (`workloads.py`) run once after a warm-up{scaled}; `ops/CPU-s` "
+        "counts operations per CPU-second of that process.",
         f"- Network servers (`net_servers.py`) run on the loop under test; {pinning}. The echo "
         f"rows are driven by `loadgen` (Rust, mio, one thread): {net['connections']} "
         "connections, each sending a message and waiting for its whole echo before the next; "

@@ -9,6 +9,7 @@ running the loop, ratios against asyncio, uvloop and the best other loop, and th
 limit. Writes benches/results/latest.json, latest.png and benches/README.md.
 
     python benches/run.py [--rounds N] [--only ROW ...] [--net-seconds S] [--net-warmup S]
+                          [--workload-scale F]
 """
 
 import argparse
@@ -48,12 +49,13 @@ class InProcessRow:
     """A workload of workloads.py: the loop drives itself; `cpu` is that process's CPU time."""
 
     name: str
+    scale: float
     kind = "in-process"
     limit = None
 
     def measure(self, loop, opts):
         out = subprocess.run(
-            [sys.executable, str(HERE / "workloads.py"), loop, self.name],
+            [sys.executable, str(HERE / "workloads.py"), loop, self.name, str(self.scale)],
             capture_output=True,
             text=True,
             timeout=300,
@@ -95,11 +97,14 @@ def main():
     parser.add_argument("--net-seconds", type=float, default=1.5, help="measured window")
     parser.add_argument("--net-warmup", type=float, default=0.5, help="load before the window")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--workload-scale", type=float, default=1.0, help="share of each in-process workload's size"
+    )
     opts = parser.parse_args()
     net = NetOptions(opts.connections, opts.net_warmup, opts.net_seconds)
 
     loops = available_loops()
-    rows = [InProcessRow(name) for name in WORKLOADS] + netbench.ROWS
+    rows = [InProcessRow(name, opts.workload_scale) for name in WORKLOADS] + netbench.ROWS
     rows = [row for row in rows if not opts.only or row.name in opts.only]
     # Echo rows of the same family and size share one reference measurement per round.
     limits = list(dict.fromkeys(row.limit for row in rows if row.limit))
@@ -125,6 +130,7 @@ def main():
     }
     meta = {
         "rounds": opts.rounds,
+        "workload_scale": opts.workload_scale,
         "net": dataclasses.asdict(net),
         "cpus": {"server": netbench.SERVER_CPU, "client": netbench.CLIENT_CPU},
         "loadavg": {"before": load_before, "after": os.getloadavg()},
