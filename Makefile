@@ -41,7 +41,7 @@ bench-deps: $(STAMP)
 	cargo build --release --quiet -p oxio-loadgen
 	command -v wrk >/dev/null || apt-get install -y -q wrk || echo "note: wrk did not install; the HTTP rows will be missing"
 
-bench: build bench-deps ## Side-by-side benchmarks: oxio, asyncio, uvloop, rloop (5 rounds, ~12 min).
+bench: build bench-deps ## Side-by-side benchmarks: oxio, asyncio, uvloop, rloop (5 rounds, ~15 min).
 	$(PY) benches/run.py --rounds 5
 
 # Quick: every row still runs on every loop, with a quarter of each in-process workload and

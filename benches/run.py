@@ -6,7 +6,8 @@ where the loop drives itself, and network servers (netbench.py), where the loop 
 load generator pinned to another CPU and the echo rows are compared with a native reference
 server. Reported by report.py: medians with min-max, operations per CPU-second of the process
 running the loop, ratios against asyncio, uvloop and the best other loop, and the share of the
-limit. Writes benches/results/latest.json, latest.png and benches/README.md.
+limit. Writes benches/results/latest.json, latest.png and benches/README.md; a run of some rows
+(--only) writes benches/results/partial.json only.
 
     python benches/run.py [--rounds N] [--only ROW ...] [--net-seconds S] [--net-warmup S]
                           [--workload-scale F]
@@ -17,6 +18,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shlex
 import statistics
 import subprocess
 import sys
@@ -95,7 +97,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only", nargs="*", metavar="ROW")
     parser.add_argument("--net-seconds", type=float, default=1.5, help="measured window")
-    parser.add_argument("--net-warmup", type=float, default=0.5, help="load before the window")
+    # 0.3 s is tens of thousands of round trips, enough for steady state (TLS handshakes happen
+    # before it), and keeps the full run under a quarter of an hour.
+    parser.add_argument("--net-warmup", type=float, default=0.3, help="load before the window")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument(
         "--workload-scale", type=float, default=1.0, help="share of each in-process workload's size"
@@ -105,6 +109,9 @@ def main():
 
     loops = available_loops()
     rows = [InProcessRow(name, opts.workload_scale) for name in WORKLOADS] + netbench.ROWS
+    unknown = set(opts.only or ()) - {row.name for row in rows}
+    if unknown:
+        parser.error(f"no such row: {', '.join(sorted(unknown))}")
     rows = [row for row in rows if not opts.only or row.name in opts.only]
     # Echo rows of the same family and size share one reference measurement per round.
     limits = list(dict.fromkeys(row.limit for row in rows if row.limit))
@@ -129,6 +136,7 @@ def main():
         for row in rows
     }
     meta = {
+        "command": shlex.join(["python", "benches/run.py", *sys.argv[1:]]),
         "rounds": opts.rounds,
         "workload_scale": opts.workload_scale,
         "net": dataclasses.asdict(net),
@@ -136,7 +144,7 @@ def main():
         "loadavg": {"before": load_before, "after": os.getloadavg()},
         "seconds": round(time.monotonic() - started),
     }
-    report.write(results, loops, meta)
+    report.write(results, loops, meta, publish=not opts.only)
 
 
 if __name__ == "__main__":
