@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deps-installed
 
-.PHONY: help demo build test test-rust test-python conformance bench bench-deps bench-quick lint clean
+.PHONY: help demo build test test-rust test-python conformance bench bench-deps bench-quick wrk lint clean
 
 help: ## Show this help.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,12 +34,17 @@ test-python: build ## The differential pytest suite (each test on asyncio and ox
 conformance: build ## CPython's own test_asyncio, on oxio and on the stdlib loop.
 	$(PY) tests/conformance/run.py
 
+# wrk drives the demo's web app and the benches' HTTP rows. Package lists may be missing on a
+# fresh machine, hence the update before a second try. If wrk cannot be installed, the demo skips
+# its web part and the HTTP rows are reported as missing.
+wrk:
+	@command -v wrk >/dev/null || apt-get install -y -q wrk || (apt-get update -q && apt-get install -y -q wrk) || echo "note: wrk did not install"
+
 # The network rows need the Rust load generator and reference server, and wrk for HTTP; a tool
 # that cannot be installed leaves its rows reported as missing.
-bench-deps: $(STAMP)
+bench-deps: $(STAMP) wrk
 	$(PY) -m pip install --quiet -r requirements-bench.txt || echo "note: some comparison loops did not install"
 	cargo build --release --quiet -p oxio-loadgen
-	command -v wrk >/dev/null || apt-get install -y -q wrk || echo "note: wrk did not install; the HTTP rows will be missing"
 
 bench: build bench-deps ## Side-by-side benchmarks: oxio, asyncio, uvloop, rloop (5 rounds, ~15 min).
 	$(PY) benches/run.py --rounds 5
