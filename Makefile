@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deps-installed
 
-.PHONY: help demo build test test-rust test-python conformance bench bench-deps bench-quick lint clean
+.PHONY: help demo build test test-rust test-python conformance bench bench-deps bench-quick wrk lint clean
 
 help: ## Show this help.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -20,7 +20,7 @@ $(STAMP): requirements-dev.txt
 build: $(STAMP) ## Build the extension (release) into .venv.
 	$(VENV)/bin/maturin develop --release --quiet
 
-demo: build ## Run the showcase: the same program on asyncio, uvloop and oxio.
+demo: build wrk ## The showcase: a web app and a program on asyncio, uvloop and oxio (~30 s).
 	$(PY) demo/demo.py
 
 test: build lint test-rust test-python conformance ## Build, lint, and run every test.
@@ -34,18 +34,25 @@ test-python: build ## The differential pytest suite (each test on asyncio and ox
 conformance: build ## CPython's own test_asyncio, on oxio and on the stdlib loop.
 	$(PY) tests/conformance/run.py
 
+# wrk drives the demo's web app and the benches' HTTP rows. Package lists may be missing on a
+# fresh machine, hence the update before a second try. If wrk cannot be installed, the demo skips
+# its web part and the HTTP rows are reported as missing.
+wrk:
+	@command -v wrk >/dev/null || apt-get install -y -q wrk || (apt-get update -q && apt-get install -y -q wrk) || echo "note: wrk did not install"
+
 # The network rows need the Rust load generator and reference server, and wrk for HTTP; a tool
 # that cannot be installed leaves its rows reported as missing.
-bench-deps: $(STAMP)
+bench-deps: $(STAMP) wrk
 	$(PY) -m pip install --quiet -r requirements-bench.txt || echo "note: some comparison loops did not install"
 	cargo build --release --quiet -p oxio-loadgen
-	command -v wrk >/dev/null || apt-get install -y -q wrk || echo "note: wrk did not install; the HTTP rows will be missing"
 
-bench: build bench-deps ## Side-by-side benchmarks: oxio, asyncio, uvloop, rloop (5 rounds, ~12 min).
+bench: build bench-deps ## Side-by-side benchmarks: oxio, asyncio, uvloop, rloop (5 rounds, ~15 min).
 	$(PY) benches/run.py --rounds 5
 
-bench-quick: build bench-deps ## The same benchmarks, 3 rounds and short windows (~3 min).
-	$(PY) benches/run.py --rounds 3 --net-seconds 0.3 --net-warmup 0.15
+# Quick: every row still runs on every loop, with a quarter of each in-process workload and
+# short network windows, to check that the suite works rather than to publish figures.
+bench-quick: build bench-deps ## The same benchmarks, 3 rounds, smaller and shorter (<3 min).
+	$(PY) benches/run.py --rounds 3 --net-seconds 0.15 --net-warmup 0.05 --workload-scale 0.25
 
 lint: $(STAMP) ## cargo fmt, clippy, ruff, and stubtest of oxio._oxio.
 	cargo fmt --all --check

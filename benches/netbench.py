@@ -16,6 +16,7 @@ import json
 import os
 import pathlib
 import re
+import resource
 import select
 import shutil
 import subprocess
@@ -82,8 +83,12 @@ def _tail(text):
 
 
 @contextlib.contextmanager
-def _server(command, family):
-    """Runs a server until the block ends; yields its pid and the address it listens on."""
+def running_server(command, family):
+    """Runs a server until the block ends; yields its pid and the address it listens on.
+
+    `command` gets an endpoint (`tcp:127.0.0.1:0` or `unix:PATH`) as its last argument; the
+    server must print {"address": ENDPOINT} once it accepts connections, or {"missing": reason}.
+    """
     with _endpoint(family) as endpoint, tempfile.TemporaryFile("w+") as stderr:
         # stderr goes to a file: a server logging errors must not block on a full pipe.
         proc = subprocess.Popen(
@@ -111,6 +116,8 @@ def _server(command, family):
 
 
 def _run_client(command, timeout):
+    """The client's stdout and the CPU seconds it used (user and system)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         out = subprocess.run(
             [str(arg) for arg in command],
@@ -123,7 +130,11 @@ def _run_client(command, timeout):
         raise Unavailable(f"{pathlib.Path(command[0]).name} timed out") from None
     if out.returncode != 0:
         raise Unavailable(f"{pathlib.Path(command[0]).name} failed: {_tail(out.stderr)}")
-    return out.stdout
+    # Children's usage counts those reaped so far; the client is the only one reaped meanwhile
+    # (the server is reaped after it).
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return out.stdout, cpu
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,8 +172,8 @@ def certificate():
 def measure_echo(server_command, family, size, opts, tls_ca=None):
     if not LOADGEN.exists():
         raise Unavailable(f"{LOADGEN} is not built (make bench-deps builds it)")
-    with _server(server_command, family) as (pid, address):
-        out = _run_client(
+    with running_server(server_command, family) as (pid, address):
+        out, _ = _run_client(
             [LOADGEN, "--connect", address, "--connections", opts.connections, "--size", size,
              "--warmup", opts.warmup, "--duration", opts.seconds, "--server-pid", pid,
              *(["--tls-ca", tls_ca] if tls_ca else [])],
@@ -218,30 +229,36 @@ class HttpRow:
     limit = None
 
     def measure(self, loop, opts):
-        if shutil.which("wrk") is None:
-            raise Unavailable("wrk is not installed (make bench-deps installs it)")
         # wrk takes whole seconds and has no warm-up phase of its own.
         seconds = max(1, round(opts.seconds))
-        command = ["wrk", "-t1", f"-c{opts.connections}", f"-d{seconds}s"]
-        if self.script:
-            command += ["-s", HERE / self.script]
+        script = HERE / self.script if self.script else None
         scheme = "https" if self.tls else "http"
-        with _server(_python_server(loop, "http", self.tls), "tcp") as (pid, address):
-            cpu = cpu_seconds(pid)
+        server = _python_server(loop, "http", self.tls)
+        with running_server(server, "tcp") as (pid, address):
             url = f"{scheme}://{address.removeprefix('tcp:')}/"
-            out = _run_client([*command, url], seconds + 60)
-            cpu = cpu_seconds(pid) - cpu
-        return self._parse(out, cpu)
+            return wrk(url, pid, opts.connections, seconds, script)
 
-    @staticmethod
-    def _parse(out, cpu):
-        requests = re.search(r"(\d+) requests in", out)
-        rate = re.search(r"Requests/sec:\s*([\d.]+)", out)
-        errors = re.search(r"(Socket errors|Non-2xx or 3xx responses):.*", out)
-        if errors or not requests or not rate or int(requests[1]) == 0:
-            raise Unavailable(f"wrk: {errors[0] if errors else _tail(out)}")
-        ops = int(requests[1])
-        return {"ops": ops, "wall": ops / float(rate[1]), "cpu": cpu}
+
+def wrk(url, server_pid, connections, seconds, script=None):
+    """One thread of wrk against `url` for whole `seconds`, with the server's CPU seconds.
+
+    Returns {"ops", "wall", "cpu", "client_cpu"} like loadgen: requests, the seconds wrk
+    measured, the CPU time of `server_pid` meanwhile, and wrk's own.
+    """
+    if shutil.which("wrk") is None:
+        raise Unavailable("wrk is not installed (make bench-deps installs it)")
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
+    command += ["-s", script] if script else []
+    cpu = cpu_seconds(server_pid)
+    out, client_cpu = _run_client([*command, url], seconds + 60)
+    cpu = cpu_seconds(server_pid) - cpu
+    requests = re.search(r"(\d+) requests in", out)
+    rate = re.search(r"Requests/sec:\s*([\d.]+)", out)
+    errors = re.search(r"(Socket errors|Non-2xx or 3xx responses):.*", out)
+    if errors or not requests or not rate or int(requests[1]) == 0:
+        raise Unavailable(f"wrk: {errors[0] if errors else _tail(out)}")
+    ops = int(requests[1])
+    return {"ops": ops, "wall": ops / float(rate[1]), "cpu": cpu, "client_cpu": client_cpu}
 
 
 # net_servers.py server name: how the rows call the API it echoes through.
@@ -258,7 +275,10 @@ ROWS = [
         for server, label in ECHO_APIS.items()
         for size in (1, 10, 100)
     ),
-    EchoRow("Unix Protocol echo 1 KiB", "protocol", "unix", KIB),
+    *(
+        EchoRow(f"Unix Protocol echo {size} KiB", "protocol", "unix", size * KIB)
+        for size in (1, 10, 100)
+    ),
     *(
         EchoRow(f"TLS Protocol echo {size} KiB", "protocol", "tcp", size * KIB, tls=True)
         for size in (1, 10, 100)

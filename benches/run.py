@@ -6,9 +6,11 @@ where the loop drives itself, and network servers (netbench.py), where the loop 
 load generator pinned to another CPU and the echo rows are compared with a native reference
 server. Reported by report.py: medians with min-max, operations per CPU-second of the process
 running the loop, ratios against asyncio, uvloop and the best other loop, and the share of the
-limit. Writes benches/results/latest.json, latest.png and benches/README.md.
+limit. Writes benches/results/latest.json, latest.png and benches/README.md; a run of some rows
+(--only) writes benches/results/partial.json only.
 
     python benches/run.py [--rounds N] [--only ROW ...] [--net-seconds S] [--net-warmup S]
+                          [--workload-scale F]
 """
 
 import argparse
@@ -16,6 +18,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shlex
 import statistics
 import subprocess
 import sys
@@ -48,12 +51,13 @@ class InProcessRow:
     """A workload of workloads.py: the loop drives itself; `cpu` is that process's CPU time."""
 
     name: str
+    scale: float
     kind = "in-process"
     limit = None
 
     def measure(self, loop, opts):
         out = subprocess.run(
-            [sys.executable, str(HERE / "workloads.py"), loop, self.name],
+            [sys.executable, str(HERE / "workloads.py"), loop, self.name, str(self.scale)],
             capture_output=True,
             text=True,
             timeout=300,
@@ -93,13 +97,21 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only", nargs="*", metavar="ROW")
     parser.add_argument("--net-seconds", type=float, default=1.5, help="measured window")
-    parser.add_argument("--net-warmup", type=float, default=0.5, help="load before the window")
+    # 0.3 s is tens of thousands of round trips, enough for steady state (TLS handshakes happen
+    # before it), and keeps the full run under a quarter of an hour.
+    parser.add_argument("--net-warmup", type=float, default=0.3, help="load before the window")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--workload-scale", type=float, default=1.0, help="share of each in-process workload's size"
+    )
     opts = parser.parse_args()
     net = NetOptions(opts.connections, opts.net_warmup, opts.net_seconds)
 
     loops = available_loops()
-    rows = [InProcessRow(name) for name in WORKLOADS] + netbench.ROWS
+    rows = [InProcessRow(name, opts.workload_scale) for name in WORKLOADS] + netbench.ROWS
+    unknown = set(opts.only or ()) - {row.name for row in rows}
+    if unknown:
+        parser.error(f"no such row: {', '.join(sorted(unknown))}")
     rows = [row for row in rows if not opts.only or row.name in opts.only]
     # Echo rows of the same family and size share one reference measurement per round.
     limits = list(dict.fromkeys(row.limit for row in rows if row.limit))
@@ -124,13 +136,15 @@ def main():
         for row in rows
     }
     meta = {
+        "command": shlex.join(["python", "benches/run.py", *sys.argv[1:]]),
         "rounds": opts.rounds,
+        "workload_scale": opts.workload_scale,
         "net": dataclasses.asdict(net),
         "cpus": {"server": netbench.SERVER_CPU, "client": netbench.CLIENT_CPU},
         "loadavg": {"before": load_before, "after": os.getloadavg()},
         "seconds": round(time.monotonic() - started),
     }
-    report.write(results, loops, meta)
+    report.write(results, loops, meta, publish=not opts.only)
 
 
 if __name__ == "__main__":

@@ -1,38 +1,52 @@
 """The scheduling workloads of `make bench`. Each returns the number of operations it did.
 
 Run in a fresh process per measurement by `run.py`:
-    python benches/workloads.py LOOP WORKLOAD
-prints one JSON line: operations, wall seconds, and CPU seconds of this process.
+    python benches/workloads.py LOOP WORKLOAD [SCALE]
+prints one JSON line: operations, wall seconds, and CPU seconds of this process. SCALE (default
+1) is the share of the workload's full size to run; `make bench-quick` runs a quarter.
 """
 
 import asyncio
+import dataclasses
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 
-async def call_soon(n=200_000):
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
+async def callback_chains(schedule, n):
+    """`n` callbacks, each scheduling the next through `schedule`, in ten chains."""
+    done = asyncio.get_running_loop().create_future()
     remaining = n
 
     def tick():
         nonlocal remaining
         remaining -= 1
-        if remaining:
-            loop.call_soon(tick)
-        else:
+        if remaining > 0:
+            schedule(tick)
+        elif remaining == 0:
             done.set_result(None)
 
     # Ten chains in flight, so the ready queue holds more than one callback per iteration.
-    remaining = n
+    # Each chain stops once the count is spent; a chain left running would go on into the
+    # measured run after the warm-up and be timed without being counted.
     for _ in range(10):
-        loop.call_soon(tick)
+        schedule(tick)
     await done
     return n
 
 
-async def call_later(n=100_000):
+async def call_soon(n):
+    return await callback_chains(asyncio.get_running_loop().call_soon, n)
+
+
+async def call_soon_threadsafe(n):
+    """call_soon's chains through call_soon_threadsafe, called from the loop's own thread: the
+    price of the lock and of waking the poll that a call from another thread pays."""
+    return await callback_chains(asyncio.get_running_loop().call_soon_threadsafe, n)
+
+
+async def call_later(n):
     loop = asyncio.get_running_loop()
     done = loop.create_future()
     fired = 0
@@ -51,13 +65,13 @@ async def call_later(n=100_000):
     return 2 * n
 
 
-async def sleep0(n=100_000):
+async def sleep0(n):
     for _ in range(n):
         await asyncio.sleep(0)
     return n
 
 
-async def gather(n=100_000):
+async def gather(n):
     async def noop():
         pass
 
@@ -65,7 +79,18 @@ async def gather(n=100_000):
     return n
 
 
-async def queue_ping_pong(n=50_000):
+async def create_task_await(n):
+    """Spawn a task running a trivial coroutine and await it, one at a time."""
+
+    async def noop():
+        pass
+
+    for _ in range(n):
+        await asyncio.create_task(noop())
+    return n
+
+
+async def queue_ping_pong(n):
     ping, pong = asyncio.Queue(), asyncio.Queue()
 
     async def echo():
@@ -80,7 +105,7 @@ async def queue_ping_pong(n=50_000):
     return n
 
 
-async def sock_echo(n=20_000, size=1024):
+async def sock_echo(n, size=1024):
     """Round trips of 1 KiB through loop.sock_* over a socketpair, both ends on this loop."""
     import socket
 
@@ -109,7 +134,7 @@ async def sock_echo(n=20_000, size=1024):
     return n
 
 
-async def subprocess_spawn(n=300):
+async def subprocess_spawn(n):
     """Spawn `true` and wait for it, one after another: the whole create/exit/reap path."""
     for _ in range(n):
         proc = await asyncio.create_subprocess_exec("true")
@@ -117,7 +142,7 @@ async def subprocess_spawn(n=300):
     return n
 
 
-async def subprocess_pipe(mib=1024):
+async def subprocess_pipe(mib):
     """MiB read from a child writing `mib` MiB of zeros to its stdout, through a StreamReader."""
     proc = await asyncio.create_subprocess_exec(
         "head", "-c", f"{mib}M", "/dev/zero", stdout=asyncio.subprocess.PIPE
@@ -130,19 +155,27 @@ async def subprocess_pipe(mib=1024):
     return mib
 
 
-WORKLOADS = {
-    "call_soon": call_soon,
-    "call_later": call_later,
-    "sleep(0)": sleep0,
-    "gather 100k": gather,
-    "queue ping-pong": queue_ping_pong,
-    "sock_* echo 1 KiB": sock_echo,
-    "subprocess spawn+wait": subprocess_spawn,
-    "subprocess pipe MiB": subprocess_pipe,
-}
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    run: Callable[[int], Awaitable[int]]
+    size: int
+    # False where the size is what the row is about (a gather of 100k), so --scale leaves it.
+    scalable: bool = True
+    warmup_size: int = 1000
 
-# The warm-up runs each workload once with this size (default 1000 operations).
-WARMUP_SIZE = {"subprocess spawn+wait": 20, "subprocess pipe MiB": 16}
+
+WORKLOADS = {
+    "call_soon": Workload(call_soon, 200_000),
+    "call_soon_threadsafe": Workload(call_soon_threadsafe, 200_000),
+    "call_later": Workload(call_later, 100_000),
+    "sleep(0)": Workload(sleep0, 100_000),
+    "create_task+await": Workload(create_task_await, 100_000),
+    "gather 100k": Workload(gather, 100_000, scalable=False),
+    "queue ping-pong": Workload(queue_ping_pong, 50_000),
+    "sock_* echo 1 KiB": Workload(sock_echo, 20_000),
+    "subprocess spawn+wait": Workload(subprocess_spawn, 300, warmup_size=20),
+    "subprocess pipe MiB": Workload(subprocess_pipe, 1024, warmup_size=16),
+}
 
 
 def new_loop(name):
@@ -163,12 +196,14 @@ def new_loop(name):
     raise SystemExit(f"unknown loop {name}")
 
 
-def measure(loop_name, workload):
+def measure(loop_name, name, scale=1.0):
+    workload = WORKLOADS[name]
+    size = round(workload.size * scale) if workload.scalable else workload.size
     loop = new_loop(loop_name)
     try:
-        loop.run_until_complete(WORKLOADS[workload](WARMUP_SIZE.get(workload, 1000)))
+        loop.run_until_complete(workload.run(workload.warmup_size))
         wall, cpu = time.perf_counter(), time.process_time()
-        ops = loop.run_until_complete(WORKLOADS[workload]())
+        ops = loop.run_until_complete(workload.run(size))
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     finally:
         loop.close()
@@ -176,4 +211,5 @@ def measure(loop_name, workload):
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(sys.argv[1], sys.argv[2])))
+    scale = float(sys.argv[3]) if len(sys.argv) > 3 else 1.0
+    print(json.dumps(measure(sys.argv[1], sys.argv[2], scale)))

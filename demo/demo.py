@@ -1,147 +1,100 @@
-"""`make demo`: one ordinary asyncio program, run on asyncio, uvloop and oxio side by side.
+"""`make demo`: oxio next to asyncio and uvloop, serving a web app under load, then running an
+ordinary program.
 
-The program mixes what real services do: many short tasks, timers, a queue pipeline, a
-blocking call pushed to the default executor, a TCP server talking to many clients through
-asyncio streams, and a few subprocesses. Each loop runs it three times; the table shows
-the best time and oxio's speed-up.
+    python demo/demo.py [--seconds S] [--warmup S]
+
+Part one serves demo/app.py (aiohttp) on each loop in turn under the same wrk load and prints
+requests per second side by side, with a chart in benches/results/demo.png. Part two times
+demo/program.py, a mix of tasks, timers, queues, streams and subprocesses, on each loop.
 """
 
-import asyncio
-import hashlib
+import argparse
+import pathlib
+import shutil
+import textwrap
 import time
 
-TASKS = 20_000
-PIPELINE_ITEMS = 20_000
+import program
+import under_load
+from chart import write_chart
+from loops import available
+from terminal import overwrite, status
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CHART = ROOT / "benches" / "results" / "demo.png"
+BENCH_CHART = ROOT / "benches" / "results" / "latest.png"
+# A load generator busier than this share of its CPU may be what limits the rate.
+BUSY = 0.9
+PROGRAM_RUNS = 3
+WIDTH = 96
 
 
-async def many_tasks():
-    async def work(i):
-        await asyncio.sleep(0)
-        return i
-
-    results = await asyncio.gather(*(work(i) for i in range(TASKS)))
-    assert sum(results) == TASKS * (TASKS - 1) // 2
+def ratio(value, base):
+    return f"{value / base:.2f}x" if value and base else "n/a"
 
 
-async def timers():
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-    fired = 0
-
-    def tick():
-        nonlocal fired
-        fired += 1
-        if fired == 5_000:
-            done.set_result(None)
-
-    for i in range(5_000):
-        loop.call_later((i % 20) / 1000, tick)
-    await done
-
-
-async def pipeline():
-    raw, parsed = asyncio.Queue(maxsize=100), asyncio.Queue(maxsize=100)
-
-    async def produce():
-        for i in range(PIPELINE_ITEMS):
-            await raw.put(i)
-        await raw.put(None)
-
-    async def transform():
-        while (item := await raw.get()) is not None:
-            await parsed.put(item * 2)
-        await parsed.put(None)
-
-    async def consume():
-        total = 0
-        while (item := await parsed.get()) is not None:
-            total += item
-        return total
-
-    _, _, total = await asyncio.gather(produce(), transform(), consume())
-    assert total == PIPELINE_ITEMS * (PIPELINE_ITEMS - 1)
+def serve_under_load(loops, warmup, seconds):
+    print("Part 1: an aiohttp JSON API (demo/app.py), served on each loop in turn.")
+    print(textwrap.fill(under_load.describe(warmup, seconds), WIDTH) + "\n")
+    if shutil.which("wrk") is None:
+        print("  skipped: wrk is not installed (`make demo` installs it with apt-get)\n")
+        return
+    results = under_load.run_all(loops, warmup, seconds)
+    if not results:
+        return
+    base = {r.loop: r.requests_per_second for r in results}
+    print(
+        f"\n  {'loop':<8} {'requests/s':>11} {'per server CPU-s':>17} "
+        f"{'vs asyncio':>11} {'vs uvloop':>10}"
+    )
+    for r in results:
+        print(
+            f"  {r.loop:<8} {r.requests_per_second:>11,.0f} {r.requests_per_cpu_second:>17,.0f} "
+            f"{ratio(r.requests_per_second, base.get('asyncio')):>11} "
+            f"{ratio(r.requests_per_second, base.get('uvloop')):>10}"
+        )
+    busiest = max(r.client_busy for r in results)
+    verdict = "so the servers set the pace" if busiest < BUSY else "so it may have set the pace"
+    print(f"\n  wrk used at most {busiest:.0%} of its CPU, {verdict}.")
+    if write_chart(results, CHART):
+        print(f"  Chart: {CHART.relative_to(ROOT)}")
+    else:
+        print("  No chart: matplotlib is not installed.")
+    if BENCH_CHART.exists():
+        print(f"  Every benchmark, from the last `make bench`: {BENCH_CHART.relative_to(ROOT)}")
+    else:
+        print("  `make bench` charts every benchmark in benches/results/latest.png.")
+    print()
 
 
-async def executor_call():
-    loop = asyncio.get_running_loop()
-    digest = await loop.run_in_executor(None, hashlib.sha256, b"x" * 1_000_000)
-    assert len(digest.hexdigest()) == 64
-
-
-async def streams_echo(clients=50, round_trips=200):
-    async def handle(reader, writer):
-        while line := await reader.readline():
-            writer.write(line)
-        writer.close()
-
-    async def client(address):
-        reader, writer = await asyncio.open_connection(*address)
-        line = b"x" * 1023 + b"\n"
-        for _ in range(round_trips):
-            writer.write(line)
-            assert await reader.readline() == line
-        writer.close()
-        await writer.wait_closed()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    async with server:
-        address = server.sockets[0].getsockname()
-        await asyncio.gather(*(client(address) for _ in range(clients)))
-
-
-async def subprocesses(count=20):
-    async def run(i):
-        proc = await asyncio.create_subprocess_exec("echo", str(i), stdout=asyncio.subprocess.PIPE)
-        out, _ = await proc.communicate()
-        return int(out)
-
-    assert sorted(await asyncio.gather(*(run(i) for i in range(count)))) == list(range(count))
-
-
-async def program():
-    await many_tasks()
-    await timers()
-    await pipeline()
-    await executor_call()
-    await streams_echo()
-    await subprocesses()
-
-
-def loop_factories():
-    import oxio
-
-    factories = {"asyncio": asyncio.new_event_loop}
-    try:
-        import uvloop
-
-        factories["uvloop"] = uvloop.new_event_loop
-    except ImportError:
-        print("(uvloop is not installed; comparing asyncio and oxio only)")
-    factories["oxio"] = oxio.new_event_loop
-    return factories
+def run_program(loops):
+    print(f"Part 2: one ordinary asyncio program, best of {PROGRAM_RUNS} runs on each loop.")
+    print(textwrap.fill(f"It does {program.DESCRIPTION}.", WIDTH) + "\n")
+    best = {}
+    for run in range(1, PROGRAM_RUNS + 1):
+        for loop in loops:
+            status(f"  run {run}/{PROGRAM_RUNS} on {loop}...")
+            best[loop] = min(best.get(loop, float("inf")), program.time_once(loop))
+    overwrite(f"  {'loop':<8} {'best time':>10} {'vs asyncio':>11} {'vs uvloop':>10}")
+    for loop, seconds in best.items():
+        # The ratios are speed-ups: how many times faster than the other loop.
+        print(
+            f"  {loop:<8} {seconds * 1000:>7.0f} ms {ratio(best.get('asyncio'), seconds):>11} "
+            f"{ratio(best.get('uvloop'), seconds):>10}"
+        )
 
 
 def main():
-    factories = loop_factories()
-    best = {}
-    for _ in range(3):
-        for name, factory in factories.items():
-            with asyncio.Runner(loop_factory=factory) as runner:
-                start = time.perf_counter()
-                runner.run(program())
-                elapsed = time.perf_counter() - start
-            best[name] = min(best.get(name, elapsed), elapsed)
-
-    print()
-    print(f"{'loop':<10} {'best of 3':>12} {'oxio speed-up':>15}")
-    print("-" * 39)
-    for name, seconds in best.items():
-        note = "" if name == "oxio" else f"{seconds / best['oxio']:.2f}x"
-        print(f"{name:<10} {seconds * 1000:>9.1f} ms {note:>15}")
-    print()
-    print("The program: 20k tasks gathered, 5k timers, a 3-stage queue pipeline of 20k items, a")
-    print("hash computed in the default executor, 50 stream clients making 200 round trips each")
-    print("to a TCP server, and 20 subprocesses. `make bench` has the per-feature figures.")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # Whole seconds, because wrk takes no fractions.
+    parser.add_argument("--seconds", type=int, default=5, help="measured seconds per loop")
+    parser.add_argument("--warmup", type=int, default=1, help="seconds of load before that")
+    args = parser.parse_args()
+    started = time.monotonic()
+    loops = available()
+    serve_under_load(loops, args.warmup, args.seconds)
+    run_program(loops)
+    print(f"\nThe demo took {time.monotonic() - started:.0f} s; `make bench` has the full suite.")
 
 
 if __name__ == "__main__":
