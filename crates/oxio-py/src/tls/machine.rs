@@ -9,12 +9,13 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyMemoryView, PySlice, PyString};
 
+use super::records::{read_records, readable, Decrypted};
 use super::{bio_pending, AppState, TlsProtocol, TlsState};
 use crate::stdlib;
 use crate::transport::{self, is_exit, maybe_pause_protocol, protocol_of, READ_SIZE};
 
 /// How a call into the `SSLObject` ended.
-enum Ssl<'py> {
+pub(super) enum Ssl<'py> {
     Done(Bound<'py, PyAny>),
     /// It needs more ciphertext from the peer (`SSLWantReadError`, or `SSLSyscallError`,
     /// which a memory-BIO object raises in the same situation).
@@ -23,7 +24,10 @@ enum Ssl<'py> {
     Failed(PyErr),
 }
 
-fn ssl_call<'py>(py: Python<'py>, result: PyResult<Bound<'py, PyAny>>) -> PyResult<Ssl<'py>> {
+pub(super) fn ssl_call<'py>(
+    py: Python<'py>,
+    result: PyResult<Bound<'py, PyAny>>,
+) -> PyResult<Ssl<'py>> {
     match result {
         Ok(value) => Ok(Ssl::Done(value)),
         Err(err)
@@ -348,28 +352,19 @@ impl TlsProtocol {
     /// Decrypts everything available and hands it to `data_received` in one `bytes`.
     fn read_into_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let records = Self::records(slf);
-        let mut chunks = Vec::new();
-        let mut close_notify = false;
-        loop {
-            let result = records.call_method1(intern!(py, "read"), (READ_SIZE,));
-            match ssl_call(py, result)? {
-                Ssl::WouldBlock => break,
-                Ssl::Failed(err) => return Err(err),
-                Ssl::Done(chunk) => {
-                    let chunk = chunk.cast_into::<PyBytes>()?;
-                    if chunk.as_bytes().is_empty() {
-                        close_notify = true;
-                        break;
-                    }
-                    chunks.push(chunk);
-                }
-            }
-        }
-        let data = match chunks.len() {
-            0 => None,
-            1 => chunks.pop(),
-            _ => Some(join(py, &chunks)?),
+        let (native, records, incoming) = {
+            let this = slf.borrow();
+            let ssl = &this.ssl;
+            (
+                ssl.native,
+                ssl.records.bind(py).clone(),
+                ssl.incoming.bind(py).clone(),
+            )
+        };
+        let Decrypted { data, close_notify } = if native {
+            read_records(&records, &incoming)?
+        } else {
+            read_chunks(&records)?
         };
         if let (Some(data), Some(protocol)) = (data, Self::app_protocol(slf)) {
             protocol.call_method1(intern!(py, "data_received"), (data,))?;
@@ -395,10 +390,22 @@ impl TlsProtocol {
                 "get_buffer() returned an empty buffer",
             ));
         }
-        let records = Self::records(slf);
+        let (native, records, incoming) = {
+            let this = slf.borrow();
+            let ssl = &this.ssl;
+            (
+                ssl.native,
+                ssl.records.bind(py).clone(),
+                ssl.incoming.bind(py).clone(),
+            )
+        };
         let mut filled = 0;
         let mut close_notify = false;
         while filled < wants {
+            if native && readable(&records, &incoming)? == 0 {
+                // Where asyncio's loop catches `SSLWantReadError` (see `readable`).
+                break;
+            }
             let target = PySlice::new(py, filled as isize, wants as isize, 1);
             let target = view.get_item(target)?;
             let result = records.call_method1(intern!(py, "read"), (wants - filled, target));
@@ -573,6 +580,35 @@ impl TlsProtocol {
         maybe_pause_protocol(slf)?;
         transport::maybe_resume_protocol(slf)
     }
+}
+
+/// asyncio's reading loop, for a custom `sslobject_class`: `read(max_size)` until
+/// `SSLWantReadError` or close_notify, the records joined into one `bytes`.
+fn read_chunks<'py>(records: &Bound<'py, PyAny>) -> PyResult<Decrypted<'py>> {
+    let py = records.py();
+    let mut chunks = Vec::new();
+    let mut close_notify = false;
+    loop {
+        let result = records.call_method1(intern!(py, "read"), (READ_SIZE,));
+        match ssl_call(py, result)? {
+            Ssl::WouldBlock => break,
+            Ssl::Failed(err) => return Err(err),
+            Ssl::Done(chunk) => {
+                let chunk = chunk.cast_into::<PyBytes>()?;
+                if chunk.as_bytes().is_empty() {
+                    close_notify = true;
+                    break;
+                }
+                chunks.push(chunk);
+            }
+        }
+    }
+    let data = match chunks.len() {
+        0 => None,
+        1 => chunks.pop(),
+        _ => Some(join(py, &chunks)?),
+    };
+    Ok(Decrypted { data, close_notify })
 }
 
 /// One `bytes` from several, built in place.

@@ -9,6 +9,7 @@
 //! `buffer_updated`. The state machine itself is in `machine.rs`. See docs/design.md, "TLS".
 
 mod machine;
+mod records;
 
 use std::collections::VecDeque;
 
@@ -84,6 +85,9 @@ struct SslPipe {
     /// object is exactly that class, whose methods only forward there (one Python frame less
     /// per call); the object itself when a context's `sslobject_class` made it something else.
     records: Py<PyAny>,
+    /// `records` is `ssl.SSLObject`'s inner object, OpenSSL's own record layer with no Python
+    /// code of the user's in between: oxio may then skip calls whose outcome it knows.
+    native: bool,
     incoming: Py<PyAny>,
     outgoing: Py<PyAny>,
 }
@@ -241,6 +245,7 @@ impl TlsProtocol {
             Some(&kwargs),
         )?;
         let records = record_layer(&object)?;
+        let native = !records.is(&object);
         let extra = PyDict::new(py);
         extra.set_item(intern!(py, "sslcontext"), sslcontext)?;
         Ok(Self {
@@ -250,6 +255,7 @@ impl TlsProtocol {
             ssl: SslPipe {
                 object: object.unbind(),
                 records: records.unbind(),
+                native,
                 incoming: incoming.unbind(),
                 outgoing: outgoing.unbind(),
             },
