@@ -12,10 +12,12 @@ mod machine;
 mod records;
 
 use std::collections::VecDeque;
+use std::ffi::c_char;
 
 use pyo3::exceptions::{
     PyConnectionAbortedError, PyException, PyTimeoutError, PyTypeError, PyValueError,
 };
+use pyo3::ffi;
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -192,6 +194,52 @@ fn timeout_or_default(
     Ok(seconds)
 }
 
+impl TlsProtocol {
+    /// Ciphertext straight from the plain transport's read buffer: what `data_received` does,
+    /// with the bytes lent to the incoming BIO instead of copied into a `bytes` first (asyncio's
+    /// TLS layer is a `BufferedProtocol` for the same reason). `StreamCore` calls this, then
+    /// `on_ciphertext` once its read buffer is free again.
+    // NOTE: per server CPU-second, 3 alternating runs each: TLS echo 100 KiB 6.39k -> 6.65k ops,
+    // 10 KiB 48.6k -> 50.8k, HTTPS keep-alive 69.1k -> 70.8k requests.
+    pub(crate) fn receive(slf: &Bound<'_, Self>, ciphertext: &[u8]) -> PyResult<()> {
+        if ciphertext.is_empty() {
+            return Ok(());
+        }
+        let py = slf.py();
+        // SAFETY: the GIL is held; the view lends `ciphertext`, which outlives this call, and
+        // is read-only (`PyBUF_READ`), so nothing writes through the cast-away const.
+        let view = unsafe {
+            ffi::PyMemoryView_FromMemory(
+                ciphertext.as_ptr().cast::<c_char>().cast_mut(),
+                ciphertext.len() as ffi::Py_ssize_t,
+                ffi::PyBUF_READ,
+            )
+        };
+        // SAFETY: a new reference, or NULL with an exception set.
+        let view = unsafe { Bound::from_owned_ptr_or_err(py, view)? };
+        let written = Self::incoming(slf).call_method1(intern!(py, "write"), (&view,));
+        // `MemoryBIO.write` copies and keeps nothing; should anything else hold the view, it is
+        // released so that it cannot reach the buffer once this call returns.
+        // SAFETY: `view` is a live object and the GIL is held.
+        if unsafe { ffi::Py_REFCNT(view.as_ptr()) } > 1 {
+            view.call_method0(intern!(py, "release"))?;
+        }
+        written.map(drop)
+    }
+
+    /// Takes up the step of the current state after ciphertext arrived.
+    pub(crate) fn on_ciphertext(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let state = slf.borrow().state;
+        match state {
+            TlsState::DoHandshake => Self::do_handshake(slf),
+            TlsState::Wrapped => Self::do_read(slf),
+            TlsState::Flushing => Self::do_flush(slf),
+            TlsState::Shutdown => Self::do_shutdown(slf),
+            TlsState::Unwrapped => Ok(()),
+        }
+    }
+}
+
 #[pymethods]
 impl TlsProtocol {
     #[new]
@@ -295,14 +343,7 @@ impl TlsProtocol {
     fn data_received(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         Self::incoming(slf).call_method1(intern!(py, "write"), (data,))?;
-        let state = slf.borrow().state;
-        match state {
-            TlsState::DoHandshake => Self::do_handshake(slf),
-            TlsState::Wrapped => Self::do_read(slf),
-            TlsState::Flushing => Self::do_flush(slf),
-            TlsState::Shutdown => Self::do_shutdown(slf),
-            TlsState::Unwrapped => Ok(()),
-        }
+        Self::on_ciphertext(slf)
     }
 
     /// The peer closed its side of the stream, with or without close_notify. Returns true
