@@ -420,6 +420,10 @@ impl TlsProtocol {
                 data.get_type().name()?
             )));
         }
+        let direct = data.is_instance_of::<PyBytes>() || data.is_instance_of::<PyByteArray>();
+        if direct && slf.borrow().state == TlsState::Wrapped && slf.borrow().backlog.is_empty() {
+            return Self::write_wrapped(slf, data);
+        }
         let chunk = owned_bytes(data)?;
         if chunk.as_bytes().is_empty() {
             return Ok(());
