@@ -669,7 +669,10 @@ fn read_chunks<'py>(records: &Bound<'py, PyAny>) -> PyResult<Decrypted<'py>> {
 }
 
 /// One `bytes` from several, built in place.
-fn join<'py>(py: Python<'py>, chunks: &[Bound<'py, PyBytes>]) -> PyResult<Bound<'py, PyBytes>> {
+pub(super) fn join<'py>(
+    py: Python<'py>,
+    chunks: &[Bound<'py, PyBytes>],
+) -> PyResult<Bound<'py, PyBytes>> {
     let total = chunks.iter().map(|c| c.as_bytes().len()).sum();
     PyBytes::new_with(py, total, |buf| {
         let mut at = 0;
