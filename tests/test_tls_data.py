@@ -5,11 +5,14 @@ connect_accepted_socket). Certificates come from the `certs` fixture (tests/conf
 
 import asyncio
 import contextlib
+import hashlib
+import random
 import socket
+import ssl
 import time
 
 import pytest
-from tls_peers import HOST, ThreadServer, echo_upper, tls_server
+from tls_peers import HOST, ThreadServer, echo_upper, settle, tls_server
 
 # -- data flow, flow control and closing --------------------------------------------------
 
@@ -167,6 +170,102 @@ def test_buffered_protocol_app(run, loop, certs):
             return receiver.received
 
     assert run(main()) == payload
+
+
+def _send_records_chopped(port, context, pieces, seed):
+    """A blocking TLS client that encrypts `pieces` as records of their sizes, sends the
+    ciphertext in pieces of unrelated sizes (records split across reads, several records in
+    one read), and returns the server's answer: the SHA-256 of what it received."""
+    rng = random.Random(seed)
+    with socket.create_connection((HOST, port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+
+        def receive():
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("server closed")
+            incoming.write(data)
+
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                receive()
+        sock.sendall(outgoing.read())
+        for piece in pieces:
+            tls.write(piece)
+        stream = outgoing.read()
+        at = 0
+        while at < len(stream):
+            size = rng.choice((1, 7, 300, 5000, 16406, 16500, 40000, 100000))
+            sock.sendall(stream[at : at + size])
+            at += size
+            time.sleep(0.0005)
+        answer = b""
+        while len(answer) < 32:
+            try:
+                answer += tls.read(32 - len(answer))
+            except ssl.SSLWantReadError:
+                receive()
+        return answer
+
+
+@pytest.mark.parametrize("app", ["protocol", "buffered"])
+def test_records_split_and_joined_across_reads(run, loop, certs, app):
+    """Whatever way the ciphertext is cut into reads, the app gets every byte once, in order:
+    records split across reads, several in one read, records of 1 byte to 16 KiB."""
+    rng = random.Random(7)
+    sizes = [1, 100, 16384, 16383, 16385, 40000, 3, 70000, 5, 16384 * 3, 1000, 2]
+    pieces = [rng.randbytes(size) for size in sizes * 3]
+    total = sum(sizes) * 3
+
+    class Digest(asyncio.BufferedProtocol):
+        """Hashes what arrives through a small buffer (a full buffer is the `call_soon` path)."""
+
+        def connection_made(self, transport):
+            self.transport = transport
+            # A memoryview: asyncio slices what get_buffer() returns, and a bytearray's slice
+            # is a copy that its reads would fill in vain.
+            self.buffer = memoryview(bytearray(1000))
+            self.hash = hashlib.sha256()
+            self.received = 0
+
+        def get_buffer(self, sizehint):
+            return self.buffer
+
+        def buffer_updated(self, nbytes):
+            self.data_received(self.buffer[:nbytes])
+
+        def data_received(self, data):
+            self.hash.update(data)
+            self.received += len(data)
+            if self.received == total:
+                self.transport.write(self.hash.digest())
+
+    factory = Digest if app == "buffered" else type("Plain", (asyncio.Protocol,), dict(
+        connection_made=Digest.connection_made, data_received=Digest.data_received
+    ))  # fmt: skip
+
+    async def main():
+        server = await loop.create_server(factory, HOST, 0, ssl=certs.server_context())
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(
+                    _send_records_chopped, port, certs.client_context(), pieces, seed=3
+                ),
+                30,
+            )
+        finally:
+            server.close()
+            await server.wait_closed()
+            await settle()
+
+    assert run(main()) == hashlib.sha256(b"".join(pieces)).digest()
 
 
 def test_close_notify_from_peer(run, loop, certs):

@@ -431,7 +431,7 @@ pub(crate) fn maybe_resume_protocol<T: WriteCore>(slf: &Bound<'_, T>) -> PyResul
 }
 
 /// A failing flow-control hook is reported and otherwise ignored, as in asyncio.
-fn call_flow_hook<T: Core>(
+pub(crate) fn call_flow_hook<T: Core>(
     slf: &Bound<'_, T>,
     hook: &Bound<'_, PyString>,
     message: &str,

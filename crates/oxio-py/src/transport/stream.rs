@@ -15,6 +15,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use crate::tls::TlsProtocol;
 use crate::transport::{
     self, add_writer, is_buffered_protocol, is_exit, maybe_pause_protocol, maybe_resume_protocol,
     os_error, protocol_of, remove_reader, remove_writer, schedule_connection_lost, with_bytes,
@@ -119,6 +120,9 @@ impl StreamCore {
     }
 
     fn read_into_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        if let Ok(tls) = protocol.cast::<TlsProtocol>() {
+            return Self::read_into_tls(slf, tls);
+        }
         let py = slf.py();
         let fd = slf.borrow().wiring.fd;
         let received = with_read_buffer(|buf| recv(fd, buf).map(|n| PyBytes::new(py, &buf[..n])));
@@ -132,6 +136,29 @@ impl StreamCore {
             Ok(data) if data.as_bytes().is_empty() => Self::on_eof(slf, protocol),
             Ok(data) => {
                 let result = protocol.call_method1(intern!(py, "data_received"), (data,));
+                let message = "Fatal error: protocol.data_received() call failed.";
+                Self::protocol_call(slf, result, message).map(drop)
+            }
+        }
+    }
+
+    /// A TLS layer above gets the ciphertext straight from the read buffer, no `bytes` made.
+    fn read_into_tls(slf: &Bound<'_, Self>, tls: &Bound<'_, TlsProtocol>) -> PyResult<()> {
+        let fd = slf.borrow().wiring.fd;
+        let received = with_read_buffer(|buf| {
+            recv(fd, buf).map(|n| (n, TlsProtocol::receive(tls, &buf[..n])))
+        });
+        match received {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(err) => Self::fatal_error(
+                slf,
+                os_error(slf.py(), err),
+                "Fatal read error on socket transport",
+            ),
+            Ok((0, _)) => Self::on_eof(slf, tls.as_any()),
+            Ok((_, fed)) => {
+                let result = fed.and_then(|()| TlsProtocol::on_ciphertext(tls));
+                let result = result.map(|()| slf.py().None().into_bound(slf.py()));
                 let message = "Fatal error: protocol.data_received() call failed.";
                 Self::protocol_call(slf, result, message).map(drop)
             }
