@@ -136,6 +136,16 @@ class SSLTransport(transports._FlowControlMixin, transports.Transport):
     def _protocol_paused(self):
         return self._core._protocol_paused()
 
+    @property
+    def _ssl_protocol(self):
+        """The TLS layer, as asyncio's TLS transports name it: code (CPython's tests among it)
+        reaches through it for `pause_writing()`/`resume_writing()`, the plain transport's flow
+        control as the TLS layer sees it."""
+        return self._core
+
+    def _test__append_write_backlog(self, data):
+        self._core._test__append_write_backlog(data)
+
     def _connection_lost_done(self):
         """Called by the core after protocol.connection_lost(); the plain transport below
         owns the socket, so there is nothing left to release here."""

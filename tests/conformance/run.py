@@ -32,6 +32,8 @@ POLICY_MODULES = [
     "test_protocols",
     "test_queues",
     "test_runners",
+    "test_ssl",
+    "test_sslproto",
     "test_streams",
     "test_taskgroups",
     "test_subprocess",

@@ -431,6 +431,16 @@ impl TlsProtocol {
         Self::write_appdata(slf, vec![chunk])
     }
 
+    /// asyncio's test hook of the same name: queues `data` behind whatever waits, without
+    /// flushing (CPython's tests fill the backlog this way to test a shutdown behind it).
+    #[pyo3(name = "_test__append_write_backlog")]
+    fn append_write_backlog_for_tests(&mut self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let chunk = owned_bytes(data)?;
+        self.backlog_size += chunk.as_bytes().len();
+        self.backlog.push_back(chunk.unbind());
+        Ok(())
+    }
+
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         let chunks = list_of_data
             .try_iter()?
