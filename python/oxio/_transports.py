@@ -38,9 +38,11 @@ class SocketTransport(
         self._own_socket(loop, sock)
         self._server = server
         self._core = core = StreamCore(loop, self, self._sock_fd, protocol)
-        # NOTE: write() is the one transport method called per message; binding the native
-        # method on the instance skips a Python frame per call. Code may still reassign it.
+        # NOTE: write() is called per message, and is_closing() per response by aiohttp (a
+        # profile of the demo's app counted one each per request); binding the native methods
+        # on the instance skips a Python frame per call. Code may still reassign them.
         self.write = core.write
+        self.is_closing = core.is_closing
         if server is not None:
             _compat.server_attach(server, self)
         loop._transports[self._sock_fd] = self
