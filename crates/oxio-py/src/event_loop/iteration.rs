@@ -1,14 +1,16 @@
 //! One loop iteration, phase by phase (docs/design.md numbers them; so do the comments here).
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use oxio_core::{monotonic, Events};
+use oxio_core::{monotonic, Events, Poller};
 use pyo3::prelude::*;
 
-use super::{closed_error, lock, EventLoop, WAKER_TOKEN};
+use super::{closed_error, lock, Core, EventLoop, WAKER_TOKEN};
 use crate::handle::{self, Handle, TimerHandle};
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: never sleep longer than a day in one poll.
@@ -17,12 +19,23 @@ const MAX_POLL_TIMEOUT: f64 = 24.0 * 3600.0;
 /// (asyncio's `_MIN_SCHEDULED_TIMER_HANDLES` and `_MIN_CANCELLED_TIMER_HANDLES_FRACTION`).
 const MIN_TIMERS_TO_COMPACT: usize = 100;
 
+/// What phase 1 hands to the poll.
+struct PollPlan {
+    timeout: Option<Duration>,
+    poller: Arc<Poller>,
+    /// Whether any fd besides the waker is watched.
+    watching: bool,
+}
+
 impl EventLoop {
     /// Phase 1: drop cancelled timers at the head of the heap, compact it when most of it is
     /// cancelled, and compute how long the poll may block.
-    fn poll_timeout(&self, py: Python<'_>, garbage: &mut Vec<Py<TimerHandle>>) -> Option<Duration> {
+    fn plan_poll(&self, py: Python<'_>, garbage: &mut Vec<Py<TimerHandle>>) -> PyResult<PollPlan> {
         let mut core = self.core();
         let core = &mut *core;
+        let Some(poller) = core.poller.clone() else {
+            return Err(closed_error());
+        };
         if core.timers.len() > MIN_TIMERS_TO_COMPACT
             && core.cancelled_timers * 2 > core.timers.len()
         {
@@ -44,28 +57,26 @@ impl EventLoop {
                 garbage.push(timer);
             }
         }
-        if !core.ready.is_empty() || self.stopping.load(Ordering::Relaxed) {
-            return Some(Duration::ZERO);
-        }
-        let deadline = core.timers.next_deadline()?;
-        // A NaN deadline (call_at(nan)) polls without blocking, as asyncio's max(0, nan) does.
-        let wait = (deadline - monotonic()).clamp(0.0, MAX_POLL_TIMEOUT);
-        Some(Duration::try_from_secs_f64(wait).unwrap_or(Duration::ZERO))
+        let timeout = if !core.ready.is_empty() || self.stopping.load(Ordering::Relaxed) {
+            Some(Duration::ZERO)
+        } else {
+            core.timers.next_deadline().map(|deadline| {
+                // A NaN deadline (call_at(nan)) polls without blocking, as asyncio's
+                // max(0, nan) does.
+                let wait = (deadline - monotonic()).clamp(0.0, MAX_POLL_TIMEOUT);
+                Duration::try_from_secs_f64(wait).unwrap_or(Duration::ZERO)
+            })
+        };
+        Ok(PollPlan {
+            timeout,
+            poller,
+            watching: !core.readers.is_empty() || !core.writers.is_empty(),
+        })
     }
 
     /// Phase 2: wait for I/O, with the interpreter detached whenever the wait can block.
-    fn poll(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<()> {
-        let (poller, watching) = {
-            let core = self.core();
-            let watching = !core.readers.is_empty() || !core.writers.is_empty();
-            (core.poller.clone(), watching)
-        };
-        let Some(poller) = poller else {
-            return Err(closed_error());
-        };
-        let mut events = lock(&self.events);
-        let events: &mut Events = &mut events;
-        if timeout == Some(Duration::ZERO) && !watching {
+    fn poll(py: Python<'_>, plan: PollPlan, events: &mut Events) -> PyResult<()> {
+        if plan.timeout == Some(Duration::ZERO) && !plan.watching {
             // Nothing but the waker is registered, so a poll could only report that
             // `call_soon_threadsafe` ran, whose callback is already in the ready queue. libuv
             // skips the poll in the same case.
@@ -76,24 +87,30 @@ impl EventLoop {
         }
         // NOTE: a poll that cannot block keeps the GIL: releasing and re-taking it cost 1-2% of
         // queue ping-pong, where most iterations have callbacks ready and poll with timeout 0.
-        let polled = if timeout == Some(Duration::ZERO) {
-            poller.wait(events, timeout)
+        let polled = if plan.timeout == Some(Duration::ZERO) {
+            plan.poller.wait(events, plan.timeout)
         } else {
-            py.detach(|| poller.wait(events, timeout))
+            py.detach(|| plan.poller.wait(events, plan.timeout))
         };
         match polled {
             Ok(()) => Ok(()),
             // A signal arrived: let Python run its handlers (Ctrl-C raises KeyboardInterrupt
             // here), then carry on with an empty event list.
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => py.check_signals(),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {
+                events.clear();
+                py.check_signals()
+            }
             Err(err) => Err(err.into()),
         }
     }
 
     /// Phase 3: turn readiness into ready callbacks; cancelled watchers are unregistered.
-    fn dispatch_events(&self, py: Python<'_>, garbage: &mut Vec<Py<Handle>>) -> PyResult<()> {
-        let events = lock(&self.events);
-        let mut core = self.core();
+    fn dispatch_events(
+        py: Python<'_>,
+        core: &mut Core,
+        events: &Events,
+        garbage: &mut Vec<Py<Handle>>,
+    ) -> PyResult<()> {
         for event in events.iter() {
             if event.token == WAKER_TOKEN {
                 if let Some(waker) = &core.waker {
@@ -125,8 +142,7 @@ impl EventLoop {
     }
 
     /// Phase 4: move due timers to the ready queue, earliest first.
-    fn collect_due_timers(&self, py: Python<'_>, garbage: &mut Vec<Py<TimerHandle>>) {
-        let mut core = self.core();
+    fn collect_due_timers(py: Python<'_>, core: &mut Core, garbage: &mut Vec<Py<TimerHandle>>) {
         if core.timers.is_empty() {
             return;
         }
@@ -147,17 +163,14 @@ impl EventLoop {
         }
     }
 
-    /// Phase 5: run exactly the callbacks that are ready now; new ones wait for the next
-    /// iteration.
-    ///
-    /// The ready queue is swapped out whole rather than popped under the lock once per callback.
-    // NOTE: one lock round-trip per iteration instead of per callback gave call_soon about 3%.
-    fn run_ready(slf: &Bound<'_, Self>, py: Python<'_>) -> PyResult<()> {
+    /// Phase 5: run exactly the callbacks that were ready when the batch was taken; new ones
+    /// wait for the next iteration.
+    fn run_ready(
+        slf: &Bound<'_, Self>,
+        py: Python<'_>,
+        mut batch: VecDeque<Py<Handle>>,
+    ) -> PyResult<()> {
         let this = slf.get();
-        // The spare deque keeps its capacity across iterations. A re-entrant `_run_once` (only
-        // reachable from tests) finds it taken and simply starts from an empty one.
-        let mut batch = std::mem::take(&mut *lock(&this.spare_ready));
-        std::mem::swap(&mut batch, &mut this.core().ready);
         let debug = this.is_debug();
         let mut result = Ok(());
         while let Some(handle) = batch.pop_front() {
@@ -180,7 +193,8 @@ impl EventLoop {
                 core.ready.push_front(handle);
             }
         }
-        *lock(&this.spare_ready) = batch;
+        // The emptied deque keeps its capacity for a later iteration.
+        lock(&this.buffers).spare_ready = batch;
         result
     }
 
@@ -215,15 +229,28 @@ impl EventLoop {
         }
     }
 
+    /// Phases 1 to 5. The loop's lock is taken twice per iteration: to plan the poll, then to
+    /// dispatch its events, collect due timers and take the ready queue in one go (one lock
+    /// per phase was nine round trips; the sleep(0) and queue rows moved within their noise).
     pub(super) fn run_once_impl(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let mut dead_timers = Vec::new();
         let mut dead_handles = Vec::new();
-        let timeout = this.poll_timeout(py, &mut dead_timers);
-        this.poll(py, timeout)?;
-        this.dispatch_events(py, &mut dead_handles)?;
-        this.collect_due_timers(py, &mut dead_timers);
+        let plan = this.plan_poll(py, &mut dead_timers);
+        let batch = plan.and_then(|plan| {
+            let mut buffers = lock(&this.buffers);
+            let buffers = &mut *buffers;
+            Self::poll(py, plan, &mut buffers.events)?;
+            let mut core = this.core();
+            Self::dispatch_events(py, &mut core, &buffers.events, &mut dead_handles)?;
+            Self::collect_due_timers(py, &mut core, &mut dead_timers);
+            // A re-entrant `_run_once` (only reachable from tests) finds the spare taken and
+            // simply starts from an empty one.
+            let mut batch = std::mem::take(&mut buffers.spare_ready);
+            std::mem::swap(&mut batch, &mut core.ready);
+            Ok(batch)
+        });
         // Released here, outside the lock, as the `Core` invariant requires.
         for timer in dead_timers {
             handle::release(timer.into_bound(py).into_super());
@@ -231,6 +258,6 @@ impl EventLoop {
         for dead in dead_handles {
             handle::release(dead.into_bound(py));
         }
-        Self::run_ready(slf, py)
+        Self::run_ready(slf, py, batch?)
     }
 }
