@@ -17,6 +17,7 @@ use pyo3::types::{PyDict, PyTuple};
 use pyo3::{intern, PyClassInitializer};
 
 use crate::handle::{self, Handle, TimerHandle};
+use crate::sock::{Op, SockCoroutine};
 use crate::tasks;
 
 mod iteration;
@@ -438,6 +439,64 @@ impl EventLoop {
 
     fn _has_writer(&self, fd: RawFd) -> bool {
         self.core().writers.contains_key(&fd)
+    }
+
+    // asyncio's `sock_*` coroutines, each a native coroutine object (`crate::sock`).
+
+    fn sock_recv(slf: &Bound<'_, Self>, sock: Bound<'_, PyAny>, n: Py<PyAny>) -> SockCoroutine {
+        SockCoroutine::new(slf, sock, Op::Recv { n })
+    }
+
+    fn sock_recv_into(
+        slf: &Bound<'_, Self>,
+        sock: Bound<'_, PyAny>,
+        buf: Py<PyAny>,
+    ) -> SockCoroutine {
+        SockCoroutine::new(slf, sock, Op::RecvInto { buf })
+    }
+
+    fn sock_recvfrom(
+        slf: &Bound<'_, Self>,
+        sock: Bound<'_, PyAny>,
+        bufsize: Py<PyAny>,
+    ) -> SockCoroutine {
+        SockCoroutine::new(slf, sock, Op::RecvFrom { bufsize })
+    }
+
+    #[pyo3(signature = (sock, buf, nbytes=None))]
+    fn sock_recvfrom_into(
+        slf: &Bound<'_, Self>,
+        sock: Bound<'_, PyAny>,
+        buf: Py<PyAny>,
+        nbytes: Option<Py<PyAny>>,
+    ) -> SockCoroutine {
+        SockCoroutine::new(slf, sock, Op::RecvFromInto { buf, nbytes })
+    }
+
+    fn sock_sendall(
+        slf: &Bound<'_, Self>,
+        sock: Bound<'_, PyAny>,
+        data: Py<PyAny>,
+    ) -> SockCoroutine {
+        let op = Op::SendAll {
+            data,
+            view: None,
+            sent: 0,
+        };
+        SockCoroutine::new(slf, sock, op)
+    }
+
+    fn sock_sendto(
+        slf: &Bound<'_, Self>,
+        sock: Bound<'_, PyAny>,
+        data: Py<PyAny>,
+        address: Py<PyAny>,
+    ) -> SockCoroutine {
+        SockCoroutine::new(slf, sock, Op::SendTo { data, address })
+    }
+
+    fn sock_accept(slf: &Bound<'_, Self>, sock: Bound<'_, PyAny>) -> SockCoroutine {
+        SockCoroutine::new(slf, sock, Op::Accept)
     }
 
     /// One iteration; `run_forever` is a loop over this.

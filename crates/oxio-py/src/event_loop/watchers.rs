@@ -58,9 +58,21 @@ impl EventLoop {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
+        slf.get().check_closed()?;
+        let fd = fd_of(fileobj)?;
+        Self::add_fd_watcher(slf, write, fd, callback, args)
+    }
+
+    /// `add_watcher` for a raw fd, for callers (the `sock_*` coroutines) that already have it.
+    pub(crate) fn add_fd_watcher(
+        slf: &Bound<'_, Self>,
+        write: bool,
+        fd: RawFd,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
         let this = slf.get();
         this.check_closed()?;
-        let fd = fd_of(fileobj)?;
         let method = if write { "add_writer" } else { "add_reader" };
         let traceback = Self::debug_checks(slf, callback, method, true)?;
         let handle = Py::new(
@@ -96,8 +108,17 @@ impl EventLoop {
         write: bool,
         fileobj: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
-        let this = slf.get();
         let fd = fd_of(fileobj)?;
+        Self::remove_fd_watcher(slf, write, fd)
+    }
+
+    /// `remove_watcher` for a raw fd.
+    pub(crate) fn remove_fd_watcher(
+        slf: &Bound<'_, Self>,
+        write: bool,
+        fd: RawFd,
+    ) -> PyResult<bool> {
+        let this = slf.get();
         if this.closed.load(Ordering::Relaxed) {
             return Ok(false);
         }
