@@ -100,7 +100,7 @@ impl EventLoop {
         Ok(())
     }
 
-    fn is_debug(&self) -> bool {
+    pub(crate) fn is_debug(&self) -> bool {
         self.debug.load(Ordering::Relaxed)
     }
 

@@ -19,6 +19,7 @@ fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
     m.add_class::<sock::SockCoroutine>()?;
+    sock::install_am_send(m.py());
     m.add_class::<transport::stream::StreamCore>()?;
     m.add_class::<transport::pipe::ReadPipeCore>()?;
     m.add_class::<transport::pipe::WritePipeCore>()?;
