@@ -38,6 +38,8 @@ struct Core {
     cancelled_timers: usize,
     readers: HashMap<RawFd, Py<Handle>>,
     writers: HashMap<RawFd, Py<Handle>>,
+    /// Registrations the `sock_*` coroutines keep one-shot or parked (`watchers::FdModes`).
+    modes: watchers::FdModes,
     /// `None` once the loop is closed: closing releases the epoll fd and the eventfd at once.
     poller: Option<Arc<Poller>>,
     waker: Option<Arc<Waker>>,
@@ -242,6 +244,7 @@ impl EventLoop {
                 cancelled_timers: 0,
                 readers: HashMap::new(),
                 writers: HashMap::new(),
+                modes: Default::default(),
                 poller: Some(poller),
                 waker: Some(waker),
             }),

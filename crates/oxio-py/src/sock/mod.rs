@@ -124,6 +124,7 @@ impl SockCoroutine {
             fd,
             &callback,
             &PyTuple::empty(py),
+            true,
         )?;
         // The task that receives the future checks this flag, which `Future.__await__` sets.
         fut.setattr(intern!(py, "_asyncio_future_blocking"), true)?;
@@ -138,7 +139,7 @@ impl SockCoroutine {
     fn unwatch(&self, py: Python<'_>, watcher: Option<(RawFd, Py<Handle>)>) -> PyResult<()> {
         if let Some((fd, handle)) = watcher {
             if !handle.borrow(py).is_cancelled() {
-                EventLoop::remove_fd_watcher(self.loop_.bind(py), self.op.writes(), fd)?;
+                EventLoop::remove_fd_watcher(self.loop_.bind(py), self.op.writes(), fd, true)?;
             }
         }
         Ok(())
@@ -350,6 +351,10 @@ impl SockCoroutine {
         let sock = this.sock.bind(py).clone();
         let outcome = match this.op.attempt(&sock) {
             Ok(Attempt::Blocked(_)) => {
+                // A spurious wake-up: the one-shot registration must be armed again.
+                if let Some((fd, _)) = &watcher {
+                    EventLoop::rearm_fd_watcher(this.loop_.bind(py), *fd)?;
+                }
                 if let State::Waiting { watcher: slot, .. } = &mut this.state {
                     *slot = watcher;
                 }
