@@ -362,6 +362,9 @@ impl SockCoroutine {
             }
             // asyncio lets these leave the loop and keeps waiting.
             Err(err) if is_exit(py, &err) => {
+                if let Some((fd, _)) = &watcher {
+                    EventLoop::rearm_fd_watcher(this.loop_.bind(py), *fd)?;
+                }
                 if let State::Waiting { watcher: slot, .. } = &mut this.state {
                     *slot = watcher;
                 }
