@@ -1,17 +1,25 @@
-"""The loop's `sock_*` coroutines: try the socket now, else retry each time it becomes ready.
+"""The loop's `sock_*` operations that stay in Python: `sock_connect` and `sock_sendfile`.
 
-Every operation has the same shape (asyncio's selector loop spells it out once per method):
+`sock_recv`, `sock_recv_into`, `sock_recvfrom`, `sock_recvfrom_into`, `sock_sendall`,
+`sock_sendto` and `sock_accept` are methods of the Rust base class that return a native coroutine
+object (`_oxio.SockCoroutine`, registered here as a `collections.abc.Coroutine`, so
+`asyncio.iscoroutine` accepts it and `create_task` runs it); docs/design.md describes it.
+
+The operations here have the same shape (asyncio's selector loop spells it out once per method):
 attempt it (looking the socket method up at each attempt, since tests and wrappers swap them);
 on `BlockingIOError` watch the fd and attempt again when it is ready; finish the
 future with the result or the error; unregister the watcher when the future is done, including
 when it is cancelled, so no watcher is left behind.
 """
 
+import collections.abc
 import errno
 import functools
 import os
 import socket
 from asyncio import exceptions
+
+from ._oxio import SockCoroutine
 
 try:
     import ssl
@@ -19,6 +27,8 @@ except ImportError:  # pragma: no cover - Python built without ssl
     ssl = None
 
 _SENDFILE_FALLBACK_BUFFER = 256 * 1024
+
+collections.abc.Coroutine.register(SockCoroutine)
 
 
 class SockMixin:
@@ -50,43 +60,6 @@ class SockMixin:
         if not handle.cancelled():
             (self.remove_writer if write else self.remove_reader)(fd)
 
-    async def sock_recv(self, sock, n):
-        self._check_sock(sock)
-        return await self._sock_io(sock, False, lambda: sock.recv(n))
-
-    async def sock_recv_into(self, sock, buf):
-        self._check_sock(sock)
-        return await self._sock_io(sock, False, lambda: sock.recv_into(buf))
-
-    async def sock_recvfrom(self, sock, bufsize):
-        self._check_sock(sock)
-        return await self._sock_io(sock, False, lambda: sock.recvfrom(bufsize))
-
-    async def sock_recvfrom_into(self, sock, buf, nbytes=0):
-        self._check_sock(sock)
-        nbytes = nbytes or len(buf)
-        return await self._sock_io(sock, False, lambda: sock.recvfrom_into(buf, nbytes))
-
-    async def sock_sendall(self, sock, data):
-        self._check_sock(sock)
-        view = memoryview(data).cast("B")
-        sent = 0
-
-        def send_rest():
-            nonlocal sent
-            sent += sock.send(view[sent:])
-            if sent < len(view):
-                raise BlockingIOError
-
-        # `send_rest` raising BlockingIOError with bytes still pending means "call me again when
-        # writable"; the shared helper does exactly that.
-        if view:
-            await self._sock_io(sock, True, send_rest)
-
-    async def sock_sendto(self, sock, data, address):
-        self._check_sock(sock)
-        return await self._sock_io(sock, True, lambda: sock.sendto(data, address))
-
     async def sock_connect(self, sock, address):
         self._check_sock(sock)
         if sock.family == socket.AF_INET or (socket.has_ipv6 and sock.family == socket.AF_INET6):
@@ -117,16 +90,6 @@ class SockMixin:
         if sock.family == socket.AF_INET6 and len(address) > 2:
             resolved = (resolved[0], resolved[1], *address[2:])
         return resolved
-
-    async def sock_accept(self, sock):
-        self._check_sock(sock)
-
-        def accept():
-            conn, peer = sock.accept()
-            conn.setblocking(False)
-            return conn, peer
-
-        return await self._sock_io(sock, False, accept)
 
     async def sock_sendfile(self, sock, file, offset=0, count=None, *, fallback=True):
         self._check_sock(sock)

@@ -111,6 +111,19 @@ impl Poller {
         self.ctl(libc::EPOLL_CTL_MOD, fd, token, interest)
     }
 
+    /// Starts watching `fd` for one event only (`EPOLLONESHOT`): after it is reported, the
+    /// registration stays but is disarmed, reporting nothing until `modify_oneshot` re-arms it.
+    pub fn add_oneshot(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        let bits = interest.epoll_bits() | libc::EPOLLONESHOT as u32;
+        self.ctl_bits(libc::EPOLL_CTL_ADD, fd, token, bits)
+    }
+
+    /// Re-arms (or changes) an added `fd` for one event only.
+    pub fn modify_oneshot(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        let bits = interest.epoll_bits() | libc::EPOLLONESHOT as u32;
+        self.ctl_bits(libc::EPOLL_CTL_MOD, fd, token, bits)
+    }
+
     /// Stops watching `fd`. A descriptor that was already closed is not an error: the kernel
     /// dropped it from the set when its last reference went away.
     pub fn delete(&self, fd: RawFd) -> io::Result<()> {
@@ -121,8 +134,12 @@ impl Poller {
     }
 
     fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        self.ctl_bits(op, fd, token, interest.epoll_bits())
+    }
+
+    fn ctl_bits(&self, op: libc::c_int, fd: RawFd, token: u64, bits: u32) -> io::Result<()> {
         let mut event = libc::epoll_event {
-            events: interest.epoll_bits(),
+            events: bits,
             u64: token,
         };
         // SAFETY: `event` is a valid epoll_event that outlives the call; the kernel validates

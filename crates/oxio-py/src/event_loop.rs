@@ -17,6 +17,7 @@ use pyo3::types::{PyDict, PyTuple};
 use pyo3::{intern, PyClassInitializer};
 
 use crate::handle::{self, Handle, TimerHandle};
+use crate::sock::{Op, SockCoroutine};
 use crate::tasks;
 
 mod iteration;
@@ -37,6 +38,8 @@ struct Core {
     cancelled_timers: usize,
     readers: HashMap<RawFd, Py<Handle>>,
     writers: HashMap<RawFd, Py<Handle>>,
+    /// Registrations the `sock_*` coroutines keep one-shot or parked (`watchers::FdModes`).
+    modes: watchers::FdModes,
     /// `None` once the loop is closed: closing releases the epoll fd and the eventfd at once.
     poller: Option<Arc<Poller>>,
     waker: Option<Arc<Waker>>,
@@ -99,7 +102,7 @@ impl EventLoop {
         Ok(())
     }
 
-    fn is_debug(&self) -> bool {
+    pub(crate) fn is_debug(&self) -> bool {
         self.debug.load(Ordering::Relaxed)
     }
 
@@ -241,6 +244,7 @@ impl EventLoop {
                 cancelled_timers: 0,
                 readers: HashMap::new(),
                 writers: HashMap::new(),
+                modes: Default::default(),
                 poller: Some(poller),
                 waker: Some(waker),
             }),
@@ -438,6 +442,64 @@ impl EventLoop {
 
     fn _has_writer(&self, fd: RawFd) -> bool {
         self.core().writers.contains_key(&fd)
+    }
+
+    // asyncio's `sock_*` coroutines, each a native coroutine object (`crate::sock`).
+
+    fn sock_recv(slf: &Bound<'_, Self>, sock: Bound<'_, PyAny>, n: Py<PyAny>) -> SockCoroutine {
+        SockCoroutine::new(slf, sock, Op::Recv { n })
+    }
+
+    fn sock_recv_into(
+        slf: &Bound<'_, Self>,
+        sock: Bound<'_, PyAny>,
+        buf: Py<PyAny>,
+    ) -> SockCoroutine {
+        SockCoroutine::new(slf, sock, Op::RecvInto { buf })
+    }
+
+    fn sock_recvfrom(
+        slf: &Bound<'_, Self>,
+        sock: Bound<'_, PyAny>,
+        bufsize: Py<PyAny>,
+    ) -> SockCoroutine {
+        SockCoroutine::new(slf, sock, Op::RecvFrom { bufsize })
+    }
+
+    #[pyo3(signature = (sock, buf, nbytes=None))]
+    fn sock_recvfrom_into(
+        slf: &Bound<'_, Self>,
+        sock: Bound<'_, PyAny>,
+        buf: Py<PyAny>,
+        nbytes: Option<Py<PyAny>>,
+    ) -> SockCoroutine {
+        SockCoroutine::new(slf, sock, Op::RecvFromInto { buf, nbytes })
+    }
+
+    fn sock_sendall(
+        slf: &Bound<'_, Self>,
+        sock: Bound<'_, PyAny>,
+        data: Py<PyAny>,
+    ) -> SockCoroutine {
+        let op = Op::SendAll {
+            data,
+            view: None,
+            sent: 0,
+        };
+        SockCoroutine::new(slf, sock, op)
+    }
+
+    fn sock_sendto(
+        slf: &Bound<'_, Self>,
+        sock: Bound<'_, PyAny>,
+        data: Py<PyAny>,
+        address: Py<PyAny>,
+    ) -> SockCoroutine {
+        SockCoroutine::new(slf, sock, Op::SendTo { data, address })
+    }
+
+    fn sock_accept(slf: &Bound<'_, Self>, sock: Bound<'_, PyAny>) -> SockCoroutine {
+        SockCoroutine::new(slf, sock, Op::Accept)
     }
 
     /// One iteration; `run_forever` is a loop over this.

@@ -5,6 +5,7 @@ mod context;
 mod event_loop;
 mod fd;
 mod handle;
+mod sock;
 mod stdlib;
 mod tasks;
 mod tls;
@@ -17,6 +18,8 @@ fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::EventLoop>()?;
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
+    m.add_class::<sock::SockCoroutine>()?;
+    sock::install_am_send(m.py());
     m.add_class::<transport::stream::StreamCore>()?;
     m.add_class::<transport::pipe::ReadPipeCore>()?;
     m.add_class::<transport::pipe::WritePipeCore>()?;

@@ -83,3 +83,24 @@ pub fn aio_cancelled_error(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
 pub fn aio_buffered_protocol(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     cached(py, &AIO_BUFFERED_PROTOCOL, "asyncio", "BufferedProtocol")
 }
+
+static SOCKET_SOCKET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static SSL_SOCKET: PyOnceLock<Option<Py<PyAny>>> = PyOnceLock::new();
+
+/// `socket.socket`, the class whose unpatched methods the `sock_*` coroutines may bypass.
+pub fn socket_socket(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    cached(py, &SOCKET_SOCKET, "socket", "socket")
+}
+
+/// `ssl.SSLSocket`, or `None` when Python was built without `ssl`.
+pub fn ssl_socket(py: Python<'_>) -> Option<&Bound<'_, PyAny>> {
+    SSL_SOCKET
+        .get_or_init(py, || {
+            py.import("ssl")
+                .and_then(|ssl| ssl.getattr("SSLSocket"))
+                .ok()
+                .map(Bound::unbind)
+        })
+        .as_ref()
+        .map(|class| class.bind(py))
+}

@@ -25,6 +25,29 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     })
 }
 
+/// `recv(2)` with `MSG_DONTWAIT`: never blocks, whatever the fd's own blocking mode.
+pub fn recv_nowait(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    retry_interrupted(|| {
+        // SAFETY: `buf` is a live, writable slice; the kernel writes at most `buf.len()` bytes.
+        unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) }
+    })
+}
+
+/// `send(2)` with `MSG_DONTWAIT | MSG_NOSIGNAL`: never blocks and never raises SIGPIPE.
+pub fn send_nowait(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    retry_interrupted(|| {
+        // SAFETY: `data` is a live slice; the kernel reads at most `data.len()` bytes from it.
+        unsafe {
+            libc::send(
+                fd,
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        }
+    })
+}
+
 /// `read(2)` into `buf`, for pipes, FIFOs and ttys; 0 means end of stream.
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     retry_interrupted(|| {

@@ -1,0 +1,520 @@
+"""The `sock_*` coroutines as asyncio defines them: coroutine protocol, waiting, cancellation,
+errors, and the sockets whose own methods must be called (subclasses, patched classes)."""
+
+import asyncio
+import errno
+import socket
+import ssl
+import struct
+import time
+from unittest import mock
+
+import pytest
+
+
+def socketpair():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+def tcp_pair():
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    client.setblocking(False)
+    server.setblocking(False)
+    return client, server
+
+
+def test_sock_methods_return_coroutines(loop):
+    a, b = socketpair()
+    coros = [
+        loop.sock_recv(a, 1),
+        loop.sock_recv_into(a, bytearray(1)),
+        loop.sock_recvfrom(a, 1),
+        loop.sock_recvfrom_into(a, bytearray(1)),
+        loop.sock_sendall(a, b"x"),
+        loop.sock_sendto(a, b"x", None),
+        loop.sock_accept(a),
+    ]
+    for coro in coros:
+        assert asyncio.iscoroutine(coro)
+        coro.close()
+    a.close()
+    b.close()
+
+
+def test_create_task_runs_sock_recv(run, loop):
+    a, b = socketpair()
+
+    async def main():
+        task = loop.create_task(loop.sock_recv(a, 10))
+        await asyncio.sleep(0)
+        assert not task.done()
+        b.send(b"hello")
+        return await task
+
+    assert run(main()) == b"hello"
+    a.close()
+    b.close()
+
+
+def test_coroutine_protocol_by_hand(run, loop):
+    a, b = socketpair()
+    b.send(b"now")
+    coro = loop.sock_recv(a, 10)
+    with pytest.raises(StopIteration) as stop:
+        coro.send(None)
+    assert stop.value.value == b"now"
+    # A finished coroutine cannot run again.
+    with pytest.raises(RuntimeError):
+        coro.send(None)
+    coro.close()
+    a.close()
+    b.close()
+
+
+def test_errors_surface_at_await_not_at_call(run, loop):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with ctx.wrap_socket(socket.socket(), do_handshake_on_connect=False) as tls:
+        coro = loop.sock_recv(tls, 1)  # no error yet: checks run when the coroutine starts
+        with pytest.raises(TypeError, match="Socket cannot be of type SSLSocket"):
+            run(coro)
+        with pytest.raises(TypeError, match="Socket cannot be of type SSLSocket"):
+            run(loop.sock_sendall(tls, b"x"))
+
+
+def test_cancel_mid_recv_removes_the_watcher_and_keeps_the_data(run, loop):
+    a, b = socketpair()
+
+    async def main():
+        task = asyncio.ensure_future(loop.sock_recv(a, 10))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert loop.remove_reader(a) is False
+        b.send(b"later")
+        # The cancelled receive consumed nothing.
+        return await loop.sock_recv(a, 10)
+
+    assert run(main()) == b"later"
+    a.close()
+    b.close()
+
+
+def test_wait_for_timeout_on_sock_recv(run, loop):
+    a, b = socketpair()
+
+    async def main():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(loop.sock_recv(a, 10), 0.01)
+        assert loop.remove_reader(a) is False
+
+    run(main())
+    a.close()
+    b.close()
+
+
+def test_cancel_mid_sendall_removes_the_writer(run, loop):
+    a, b = socketpair()
+
+    async def main():
+        task = asyncio.ensure_future(loop.sock_sendall(a, b"x" * (8 << 20)))
+        await asyncio.sleep(0.01)
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert loop.remove_writer(a) is False
+
+    run(main())
+    a.close()
+    b.close()
+
+
+def test_partial_sendall_waits_for_a_paused_reader(run, loop):
+    a, b = socketpair()
+    payload = bytes(range(256)) * 16384  # 4 MiB: far more than the socket buffers hold
+
+    async def main():
+        sender = asyncio.ensure_future(loop.sock_sendall(a, bytearray(payload)))
+        await asyncio.sleep(0.02)
+        assert not sender.done()  # the reader has not read: the rest waits
+        received = bytearray()
+        while len(received) < len(payload):
+            received += await loop.sock_recv(b, 65536)
+        assert await sender is None
+        assert loop.remove_writer(a) is False
+        return bytes(received)
+
+    assert run(main()) == payload
+    a.close()
+    b.close()
+
+
+def test_pending_sendall_pins_its_bytearray(run, loop):
+    a, b = socketpair()
+    data = bytearray(8 << 20)
+
+    async def main():
+        sender = asyncio.ensure_future(loop.sock_sendall(a, data))
+        await asyncio.sleep(0.01)
+        assert not sender.done()
+        with pytest.raises(BufferError):
+            data.extend(b"more")
+        sender.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sender
+
+    run(main())
+    a.close()
+    b.close()
+
+
+def test_sendall_of_nothing_and_of_other_buffers(run, loop):
+    a, b = socketpair()
+
+    async def main():
+        assert await loop.sock_sendall(a, b"") is None
+        await loop.sock_sendall(a, memoryview(b"-abc-")[1:4])
+        await loop.sock_sendall(a, struct.pack("<2I", 1, 2))
+        return await loop.sock_recv(b, 100)
+
+    assert run(main()) == b"abc" + struct.pack("<2I", 1, 2)
+    a.close()
+    b.close()
+
+
+def test_recv_into_a_memoryview_slice(run, loop):
+    a, b = socketpair()
+    buf = bytearray(b"..........")
+
+    async def main():
+        receiving = asyncio.ensure_future(loop.sock_recv_into(a, memoryview(buf)[2:6]))
+        await asyncio.sleep(0)
+        b.send(b"abcdefgh")
+        n = await receiving
+        rest = await loop.sock_recv(a, 100)
+        return n, rest
+
+    assert run(main()) == (4, b"efgh")
+    assert buf == bytearray(b"..abcd....")
+    a.close()
+    b.close()
+
+
+def test_recv_sizes(run, loop):
+    a, b = socketpair()
+
+    async def main():
+        b.send(b"xyz")
+        assert await loop.sock_recv(a, 0) == b""
+        with pytest.raises(ValueError, match="negative buffersize"):
+            await loop.sock_recv(a, -1)
+        with pytest.raises(TypeError):
+            await loop.sock_recv(a, "3")
+        return await loop.sock_recv(a, 1 << 20)  # larger than any internal buffer
+
+    assert run(main()) == b"xyz"
+    a.close()
+    b.close()
+
+
+def test_recv_into_refuses_readonly_buffers(run, loop):
+    a, b = socketpair()
+    b.send(b"x")
+    with pytest.raises(TypeError):
+        run(loop.sock_recv_into(a, b"immutable"))
+    a.close()
+    b.close()
+
+
+def test_end_of_stream(run, loop):
+    a, b = socketpair()
+
+    async def main():
+        receiving = asyncio.ensure_future(loop.sock_recv(a, 10))
+        await asyncio.sleep(0)
+        b.close()
+        return await receiving
+
+    assert run(main()) == b""
+    a.close()
+
+
+def _reset(sock):
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_peer_reset_while_waiting(run, loop):
+    client, server = tcp_pair()
+
+    async def main():
+        receiving = asyncio.ensure_future(loop.sock_recv(server, 10))
+        await asyncio.sleep(0.01)
+        _reset(client)
+        with pytest.raises(ConnectionResetError) as raised:
+            await receiving
+        assert raised.value.errno == errno.ECONNRESET
+        assert loop.remove_reader(server) is False
+
+    run(main())
+    server.close()
+
+
+def test_peer_reset_before_the_call(run, loop):
+    client, server = tcp_pair()
+    _reset(client)
+
+    async def main():
+        await asyncio.sleep(0.01)
+        with pytest.raises(ConnectionResetError):
+            await loop.sock_recv(server, 10)
+
+    run(main())
+    server.close()
+
+
+def test_closed_socket_raises_ebadf(run, loop):
+    a, b = socketpair()
+    a.close()
+    with pytest.raises(OSError) as raised:
+        run(loop.sock_recv(a, 10))
+    assert raised.value.errno == errno.EBADF
+    with pytest.raises(OSError) as raised:
+        run(loop.sock_sendall(a, b"x"))
+    assert raised.value.errno == errno.EBADF
+    b.close()
+
+
+def test_accepted_socket_is_non_blocking(run, loop):
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+
+    async def main():
+        accepting = asyncio.ensure_future(loop.sock_accept(listener))
+        await asyncio.sleep(0)
+        client = socket.create_connection(listener.getsockname())
+        conn, address = await accepting
+        with conn, client:
+            return conn.gettimeout(), address == client.getsockname()
+
+    assert run(main()) == (0.0, True)
+    listener.close()
+
+
+def test_socket_subclass_methods_are_called(run, loop):
+    class Recorded(socket.socket):
+        calls = 0
+
+        def recv(self, n):
+            Recorded.calls += 1
+            return super().recv(n)
+
+    a, b = socket.socketpair()
+    sub = Recorded(fileno=a.detach())
+    sub.setblocking(False)
+    b.setblocking(False)
+
+    async def main():
+        receiving = asyncio.ensure_future(loop.sock_recv(sub, 10))
+        await asyncio.sleep(0)
+        b.send(b"hi")
+        return await receiving
+
+    assert run(main()) == b"hi"
+    assert Recorded.calls == 2  # would block, then the retry once readable
+    sub.close()
+    b.close()
+
+
+def test_patched_socket_class_is_honoured(run, loop):
+    a, b = socketpair()
+    b.send(b"real")
+    with mock.patch.object(socket.socket, "recv", return_value=b"patched", create=True):
+        assert run(loop.sock_recv(a, 10)) == b"patched"
+    assert run(loop.sock_recv(a, 10)) == b"real"
+    a.close()
+    b.close()
+
+
+def test_fd_owned_by_a_transport_is_refused(run, loop):
+    a, b = socketpair()
+
+    async def main():
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+        with pytest.raises(RuntimeError, match="is used by transport"):
+            await loop.sock_recv(a, 10)
+        transport.close()
+        await asyncio.sleep(0)
+
+    run(main())
+    b.close()
+
+
+# oxio keeps the fd of a finished sock_* wait registered, disarmed (EPOLLONESHOT), for the next
+# wait on it; these pin down that nothing of that is visible.
+
+
+async def _cpu_while_idle(seconds=0.1):
+    start = time.process_time()
+    await asyncio.sleep(seconds)
+    return time.process_time() - start
+
+
+def test_unread_data_after_a_wait_does_not_spin_the_loop(run, loop):
+    a, b = socketpair()
+
+    async def main():
+        receiving = asyncio.ensure_future(loop.sock_recv(a, 1))
+        await asyncio.sleep(0)
+        b.send(b"12345")  # one byte is read, four stay pending with nobody waiting
+        assert await receiving == b"1"
+        cancelled = asyncio.ensure_future(loop.sock_recv(b, 1))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        a.send(b"x")  # arrives for a wait that was cancelled
+        return await _cpu_while_idle()
+
+    assert run(main()) < 0.05
+    a.close()
+    b.close()
+
+
+def test_fd_number_reused_after_close(run, loop):
+    a, b = socketpair()
+
+    async def main():
+        receiving = asyncio.ensure_future(loop.sock_recv(a, 10))
+        await asyncio.sleep(0)
+        b.send(b"first")
+        assert await receiving == b"first"
+        old = a.fileno()
+        a.close()
+        b.close()
+        c, d = socketpair()
+        try:
+            assert old in (c.fileno(), d.fileno())  # the test is about a reused number
+            for reader, writer in ((c, d), (d, c)):
+                receiving = asyncio.ensure_future(loop.sock_recv(reader, 10))
+                await asyncio.sleep(0)
+                writer.send(b"second")
+                assert await receiving == b"second"
+            fut = loop.create_future()
+            loop.add_reader(c, fut.set_result, "readable")
+            d.send(b"x")
+            assert await fut == "readable"
+            assert loop.remove_reader(c) is True
+        finally:
+            c.close()
+            d.close()
+
+    run(main())
+
+
+def test_fd_closed_while_a_duplicate_lives(run, loop):
+    a, b = socketpair()
+
+    async def main():
+        receiving = asyncio.ensure_future(loop.sock_recv(a, 10))
+        await asyncio.sleep(0)
+        b.send(b"one")
+        assert await receiving == b"one"
+        old = a.fileno()
+        dup = a.dup()  # keeps the open file (and any registration of it) alive
+        a.close()
+        try:
+            b.send(b"unread")  # readable, through a number the loop no longer knows
+            assert await _cpu_while_idle() < 0.05
+            c, d = socketpair()
+            try:
+                assert old in (c.fileno(), d.fileno())
+                reader, writer = (c, d) if c.fileno() == old else (d, c)
+                receiving = asyncio.ensure_future(loop.sock_recv(reader, 10))
+                await asyncio.sleep(0)
+                writer.send(b"new")
+                assert await receiving == b"new"
+            finally:
+                c.close()
+                d.close()
+        finally:
+            dup.close()
+
+    run(main())
+    b.close()
+
+
+def test_add_reader_after_a_sock_wait(run, loop):
+    a, b = socketpair()
+
+    async def main():
+        receiving = asyncio.ensure_future(loop.sock_recv(a, 10))
+        await asyncio.sleep(0)
+        b.send(b"data")
+        assert await receiving == b"data"
+        calls = []
+        loop.add_reader(a, lambda: calls.append(a.recv(1)))
+        b.send(b"xy")
+        while len(calls) < 2:  # level-triggered again: called until drained
+            await asyncio.sleep(0.001)
+        assert loop.remove_reader(a) is True
+        return calls
+
+    assert run(main()) == [b"x", b"y"]
+    a.close()
+    b.close()
+
+
+def test_add_reader_replaces_a_pending_sock_wait(run, loop):
+    a, b = socketpair()
+
+    async def main():
+        receiving = asyncio.ensure_future(loop.sock_recv(a, 10))
+        await asyncio.sleep(0)
+        fut = loop.create_future()
+        loop.add_reader(a, fut.set_result, "mine")
+        b.send(b"x")
+        assert await fut == "mine"
+        assert loop.remove_reader(a) is True
+        assert not receiving.done()
+        receiving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await receiving
+
+    run(main())
+    a.close()
+    b.close()
+
+
+def test_recv_and_sendall_wait_on_one_socket_at_once(run, loop):
+    a, b = socketpair()
+    payload = b"p" * (4 << 20)
+
+    async def peer():
+        received = bytearray()
+        while len(received) < len(payload):
+            received += await loop.sock_recv(b, 1 << 16)
+        await loop.sock_sendall(b, b"done")
+        return len(received)
+
+    async def main():
+        receiving = asyncio.ensure_future(loop.sock_recv(a, 10))
+        await asyncio.sleep(0)
+        sending = asyncio.ensure_future(loop.sock_sendall(a, payload))
+        await asyncio.sleep(0)
+        got = await peer()
+        await sending
+        assert await receiving == b"done"
+        assert loop.remove_reader(a) is False
+        assert loop.remove_writer(a) is False
+        return got
+
+    assert run(main()) == len(payload)
+    a.close()
+    b.close()
