@@ -7,12 +7,14 @@
 //! `polling` does, so the engine can be tested, fuzzed and sanitised without libpython.
 
 pub mod clock;
+pub mod fd_map;
 pub mod reactor;
 pub mod timer;
 pub mod transport;
 pub mod waker;
 
 pub use clock::monotonic;
+pub use fd_map::FdMap;
 pub use reactor::{Event, Events, Interest, Poller};
 pub use timer::TimerHeap;
 pub use transport::datagram::{Address, DatagramQueue, SockAddr};

@@ -4,12 +4,12 @@
 //! loop or per connection (task factories, executors, signals, exception handlers) lives in the
 //! Python subclass; everything that runs once per callback lives here.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use oxio_core::{monotonic, Events, Interest, Poller, TimerHeap, Waker};
+use oxio_core::{monotonic, Events, FdMap, Interest, Poller, TimerHeap, Waker};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
@@ -36,8 +36,8 @@ struct Core {
     timers: TimerHeap<Py<TimerHandle>>,
     /// Cancelled timers still in the heap (counted by `_timer_handle_cancelled`).
     cancelled_timers: usize,
-    readers: HashMap<RawFd, Py<Handle>>,
-    writers: HashMap<RawFd, Py<Handle>>,
+    readers: FdMap<Py<Handle>>,
+    writers: FdMap<Py<Handle>>,
     /// Registrations the `sock_*` coroutines keep one-shot or parked (`watchers::FdModes`).
     modes: watchers::FdModes,
     /// `None` once the loop is closed: closing releases the epoll fd and the eventfd at once.
@@ -242,8 +242,8 @@ impl EventLoop {
                 ready: VecDeque::new(),
                 timers: TimerHeap::new(),
                 cancelled_timers: 0,
-                readers: HashMap::new(),
-                writers: HashMap::new(),
+                readers: FdMap::default(),
+                writers: FdMap::default(),
                 modes: Default::default(),
                 poller: Some(poller),
                 waker: Some(waker),

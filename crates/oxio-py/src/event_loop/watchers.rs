@@ -1,11 +1,10 @@
 //! fd watchers: `add_reader`/`add_writer` and their removal, kept in step with epoll.
 
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 
-use oxio_core::Interest;
+use oxio_core::{FdMap, Interest};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
@@ -21,7 +20,7 @@ impl Core {
         }
     }
 
-    pub(super) fn watchers(&mut self, write: bool) -> &mut HashMap<RawFd, Py<Handle>> {
+    pub(super) fn watchers(&mut self, write: bool) -> &mut FdMap<Py<Handle>> {
         if write {
             &mut self.writers
         } else {
