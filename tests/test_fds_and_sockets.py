@@ -1,8 +1,11 @@
 """add_reader/add_writer and the sock_* coroutines, over real sockets."""
 
 import asyncio
+import errno
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -235,3 +238,46 @@ def test_sock_sendfile_argument_checks(run, loop, tmp_path):
             run(loop.sock_sendfile(a, text))
     a.close()
     b.close()
+
+
+REMOVE_FROM_CLOSED_FD = """
+import asyncio, os, socket, sys
+import oxio
+
+loop = oxio.new_event_loop() if sys.argv[1] == "oxio" else asyncio.new_event_loop()
+a, b = socket.socketpair()
+fd = os.dup(a.fileno())
+
+
+class Callback:
+    def __call__(self):
+        pass
+
+    def __del__(self):
+        # Calls back into the loop while remove_reader is still on the stack.
+        loop.call_soon(print, "scheduled from __del__")
+
+
+loop.add_reader(fd, Callback())
+loop.add_writer(fd, lambda: None)
+os.close(fd)
+try:
+    loop.remove_reader(fd)
+except OSError as exc:
+    print("remove_reader raised", exc.errno)
+print("done")
+"""
+
+
+def test_removing_a_watcher_of_a_closed_fd_reports_it_and_can_reenter_the_loop(loop_name):
+    # A closed fd with a reader and a writer left makes epoll refuse the change: asyncio raises
+    # OSError. The removed callback's __del__ must still be free to call the loop (a hang here
+    # means it ran while the loop's lock was held).
+    result = subprocess.run(
+        [sys.executable, "-c", REMOVE_FROM_CLOSED_FD, loop_name],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"remove_reader raised {errno.EBADF}", "done"]

@@ -225,6 +225,30 @@ def test_recv_sizes(run, loop):
     b.close()
 
 
+def test_zero_length_reads_answer_at_once_and_consume_nothing(run, loop):
+    a, b = socketpair()
+    udp_a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp_b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp_a.bind(("127.0.0.1", 0))
+    for sock in (udp_a, udp_b):
+        sock.setblocking(False)
+
+    async def main():
+        # Nothing is queued on the stream: recv(0) must not wait for data.
+        idle = await asyncio.wait_for(loop.sock_recv(a, 0), 5)
+        idle_into = await asyncio.wait_for(loop.sock_recv_into(a, bytearray()), 5)
+        udp_b.sendto(b"datagram", udp_a.getsockname())
+        await asyncio.sleep(0.05)
+        zero = await asyncio.wait_for(loop.sock_recv(udp_a, 0), 5)
+        # ... and on a datagram socket it must leave the datagram queued.
+        rest = await asyncio.wait_for(loop.sock_recv(udp_a, 100), 5)
+        return idle, idle_into, zero, rest
+
+    assert run(main()) == (b"", 0, b"", b"datagram")
+    for sock in (a, b, udp_a, udp_b):
+        sock.close()
+
+
 def test_recv_into_refuses_readonly_buffers(run, loop):
     a, b = socketpair()
     b.send(b"x")

@@ -1,7 +1,8 @@
-//! Bindings to epoll (Linux) in level-triggered mode, keyed by caller-chosen `u64` tokens.
+//! Bindings to epoll (Linux), keyed by caller-chosen `u64` tokens.
 //!
-//! Level triggering is deliberate: asyncio's `add_reader` callback may read only part of what is
-//! pending and expects to be called again, exactly as with `selectors.EpollSelector`.
+//! Registrations are level-triggered: asyncio's `add_reader` callback may read only part of what
+//! is pending and expects to be called again, exactly as with `selectors.EpollSelector`. The
+//! one-shot variants serve a single waiter (a `sock_*` coroutine) that re-arms explicitly.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

@@ -183,8 +183,11 @@ impl EventLoop {
         self.thread_id.load(Ordering::Relaxed) != 0
     }
 
+    /// The eventfd write happens outside the loop's lock, so a waking thread's system call
+    /// never stalls the loop thread's critical sections.
     fn wake(&self) {
-        if let Some(waker) = &self.core().waker {
+        let waker = self.core().waker.clone();
+        if let Some(waker) = waker {
             waker.wake();
         }
     }

@@ -110,7 +110,7 @@ impl EventLoop {
         core: &mut Core,
         events: &Events,
         garbage: &mut Vec<Py<Handle>>,
-    ) -> PyResult<()> {
+    ) {
         for event in events.iter() {
             if event.token == WAKER_TOKEN {
                 if let Some(waker) = &core.waker {
@@ -131,14 +131,19 @@ impl EventLoop {
                     if let Some(old) = core.watchers(write).remove(&fd) {
                         garbage.push(old);
                     }
-                    core.sync_interest(fd, before)?;
+                    if core.sync_interest(fd, before).is_err() {
+                        // The fd was closed under its watchers. Forget its registration rather
+                        // than drop the rest of this poll's events: one-shot ones never return.
+                        if let Some(poller) = &core.poller {
+                            let _ = poller.delete(fd);
+                        }
+                    }
                 } else {
                     let handle = handle.clone_ref(py);
                     core.ready.push_back(handle);
                 }
             }
         }
-        Ok(())
     }
 
     /// Phase 4: move due timers to the ready queue, earliest first.
@@ -243,7 +248,7 @@ impl EventLoop {
             let buffers = &mut *buffers;
             Self::poll(py, plan, &mut buffers.events)?;
             let mut core = this.core();
-            Self::dispatch_events(py, &mut core, &buffers.events, &mut dead_handles)?;
+            Self::dispatch_events(py, &mut core, &buffers.events, &mut dead_handles);
             Self::collect_due_timers(py, &mut core, &mut dead_timers);
             // A re-entrant `_run_once` (only reachable from tests) finds the spare taken and
             // simply starts from an empty one.

@@ -11,6 +11,7 @@ use pyo3::types::PyTuple;
 use super::{closed_error, Core, EventLoop};
 use crate::fd::fd_of;
 use crate::handle::Handle;
+use crate::transport::os_error;
 
 impl Core {
     pub(super) fn interest(&self, fd: RawFd) -> Interest {
@@ -230,27 +231,30 @@ impl EventLoop {
         if this.closed.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        let removed = {
+        let (removed, synced) = {
             let mut core = this.core();
             let before = core.interest(fd);
             let removed = core.watchers(write).remove(&fd);
+            let mut synced = Ok(());
             if removed.is_some() {
                 if oneshot && core.modes.get(fd) == FdMode::Oneshot && core.interest(fd).is_empty()
                 {
                     core.modes.set(fd, FdMode::Parked);
                 } else {
-                    core.sync_interest(fd, before)?;
+                    synced = core.sync_interest(fd, before);
                 }
             }
-            removed
+            (removed, synced)
         };
-        match removed {
-            Some(handle) => {
-                handle.borrow_mut(slf.py()).mark_cancelled(slf.py(), None);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        // The handle leaves the lock before it is cancelled or dropped, even when epoll refused
+        // the change (a closed fd): its callback's `__del__` may call back into the loop.
+        let Some(handle) = removed else {
+            return Ok(false);
+        };
+        handle.borrow_mut(slf.py()).mark_cancelled(slf.py(), None);
+        drop(handle);
+        synced.map_err(|err| os_error(slf.py(), err))?;
+        Ok(true)
     }
 
     /// Re-arms a one-shot registration whose event woke a watcher that must keep waiting (the

@@ -136,6 +136,23 @@ impl SockCoroutine {
     }
 
     /// Removes the watcher unless someone else replaced it (asyncio's `_sock_read_done`).
+    /// Puts the watcher back, then re-arms its one-shot registration, for a wait that goes on.
+    /// The watcher is back first, so a failed re-arm never loses track of it.
+    fn keep_waiting(
+        &mut self,
+        py: Python<'_>,
+        watcher: Option<(RawFd, Py<Handle>)>,
+    ) -> PyResult<()> {
+        let fd = watcher.as_ref().map(|(fd, _)| *fd);
+        if let State::Waiting { watcher: slot, .. } = &mut self.state {
+            *slot = watcher;
+        }
+        match fd {
+            Some(fd) => EventLoop::rearm_fd_watcher(self.loop_.bind(py), fd),
+            None => Ok(()),
+        }
+    }
+
     fn unwatch(&self, py: Python<'_>, watcher: Option<(RawFd, Py<Handle>)>) -> PyResult<()> {
         if let Some((fd, handle)) = watcher {
             if !handle.borrow(py).is_cancelled() {
@@ -334,8 +351,9 @@ impl SockCoroutine {
     /// The watcher's callback: attempt again; finish the future unless it would still block.
     fn _ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        // A step in progress (only if a socket method re-entered the loop) sees the readiness
-        // again on the next poll, as level-triggered epoll reports it until it is consumed.
+        // A step in progress (only if a socket method re-entered the loop) owns the state, and
+        // this wake-up is dropped; with a one-shot registration nothing re-arms it (a known gap
+        // of that re-entrant case).
         let Ok(mut this) = slf.try_borrow_mut() else {
             return Ok(());
         };
@@ -350,24 +368,12 @@ impl SockCoroutine {
         let watcher = watcher.take();
         let sock = this.sock.bind(py).clone();
         let outcome = match this.op.attempt(&sock) {
-            Ok(Attempt::Blocked(_)) => {
-                // A spurious wake-up: the one-shot registration must be armed again.
-                if let Some((fd, _)) = &watcher {
-                    EventLoop::rearm_fd_watcher(this.loop_.bind(py), *fd)?;
-                }
-                if let State::Waiting { watcher: slot, .. } = &mut this.state {
-                    *slot = watcher;
-                }
-                return Ok(());
-            }
-            // asyncio lets these leave the loop and keeps waiting.
+            // A spurious wake-up: the one-shot registration must be armed again.
+            Ok(Attempt::Blocked(_)) => return this.keep_waiting(py, watcher),
+            // asyncio lets these leave the loop and keeps waiting. A failure to re-arm cannot
+            // replace them; the watcher stays known, so `throw`/`close` still remove it.
             Err(err) if is_exit(py, &err) => {
-                if let Some((fd, _)) = &watcher {
-                    EventLoop::rearm_fd_watcher(this.loop_.bind(py), *fd)?;
-                }
-                if let State::Waiting { watcher: slot, .. } = &mut this.state {
-                    *slot = watcher;
-                }
+                let _ = this.keep_waiting(py, watcher);
                 return Err(err);
             }
             other => other,

@@ -205,9 +205,11 @@ fn recv(sock: &Bound<'_, PyAny>, n: &Bound<'_, PyAny>) -> PyResult<Attempt> {
     let name = intern!(py, "recv");
     // A negative or non-integer size goes to the method, which raises what asyncio's would, and
     // so does a size beyond the read buffer (a `bytes` that large may not even be allocatable:
-    // the method raises `MemoryError`).
+    // the method raises `MemoryError`). So does a size of 0: `socket.recv(0)` answers `b""`
+    // without a system call, where recv(2) of 0 bytes would wait for (or, on a datagram
+    // socket, consume) a message.
     let fd = plain_socket_fd(sock, name, &NATIVE_RECV)?;
-    if let (Some(fd), Ok(n @ 0..=READ_SIZE)) = (fd, n.extract::<usize>()) {
+    if let (Some(fd), Ok(n @ 1..=READ_SIZE)) = (fd, n.extract::<usize>()) {
         // NOTE: the system call instead of `sock.recv(n)` took the echo round trip from 52.7k to
         // 36.9k instructions and from 15.3 to 13.8 us of CPU (median of 8 alternating runs):
         // no `BlockingIOError` is built when it would block, and receiving into the loop
@@ -226,20 +228,15 @@ fn recv_into(sock: &Bound<'_, PyAny>, buf: &Bound<'_, PyAny>) -> PyResult<Attemp
     let name = intern!(py, "recv_into");
     if let Some(fd) = plain_socket_fd(sock, name, &NATIVE_RECV_INTO)? {
         if let Ok(buffer) = PyBuffer::<u8>::get(buf) {
-            if !buffer.readonly() && buffer.is_c_contiguous() {
-                let len = buffer.item_count();
-                let result = if len == 0 {
-                    recv_nowait(fd, &mut [])
-                } else {
-                    // SAFETY: the buffer is writable, C-contiguous and `len` bytes long, so its
-                    // pointer is valid for that many bytes; holding the export (`buffer`) keeps
-                    // the exporter from resizing it, and no Python code runs until the slice is
-                    // gone.
-                    let slice = unsafe {
-                        std::slice::from_raw_parts_mut(buffer.buf_ptr().cast::<u8>(), len)
-                    };
-                    recv_nowait(fd, slice)
-                };
+            // An empty buffer goes to the method, as a size of 0 does in `recv`.
+            let len = buffer.item_count();
+            if !buffer.readonly() && buffer.is_c_contiguous() && len > 0 {
+                // SAFETY: the buffer is writable, C-contiguous and `len` bytes long, so its
+                // pointer is valid for that many bytes; holding the export (`buffer`) keeps the
+                // exporter from resizing it, and no Python code runs until the slice is gone.
+                let slice =
+                    unsafe { std::slice::from_raw_parts_mut(buffer.buf_ptr().cast::<u8>(), len) };
+                let result = recv_nowait(fd, slice);
                 drop(buffer);
                 let result = result.map(|got| got.into_pyobject(py).map(|n| n.into_any().unbind()));
                 return match result {
