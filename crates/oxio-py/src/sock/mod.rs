@@ -117,6 +117,9 @@ impl SockCoroutine {
         };
         ensure_fd_no_transport(&loop_, fd)?;
         let fut = tasks::new_future(loop_.as_any())?;
+        // The task that receives the future checks this flag, which `Future.__await__` sets.
+        // Set before the watcher exists, so nothing after the registration can fail.
+        fut.setattr(intern!(py, "_asyncio_future_blocking"), true)?;
         let callback = slf.getattr(intern!(py, "_ready"))?;
         let handle = EventLoop::add_fd_watcher(
             &loop_,
@@ -126,8 +129,6 @@ impl SockCoroutine {
             &PyTuple::empty(py),
             true,
         )?;
-        // The task that receives the future checks this flag, which `Future.__await__` sets.
-        fut.setattr(intern!(py, "_asyncio_future_blocking"), true)?;
         this.state = State::Waiting {
             fut: fut.clone().unbind(),
             watcher: Some((fd, handle)),

@@ -9,7 +9,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyMemoryView, PySlice, PyString};
 
-use super::records::{read_records, readable, Decrypted};
+use super::records::{read_records, read_sized, readable, Decrypted};
 use super::{bio_pending, AppState, TlsProtocol, TlsState};
 use crate::stdlib;
 use crate::transport::{self, is_exit, protocol_of, with_bytes, WriteCore, READ_SIZE};
@@ -642,30 +642,7 @@ impl TlsProtocol {
 /// asyncio's reading loop, for a custom `sslobject_class`: `read(max_size)` until
 /// `SSLWantReadError` or close_notify, the records joined into one `bytes`.
 fn read_chunks<'py>(records: &Bound<'py, PyAny>) -> PyResult<Decrypted<'py>> {
-    let py = records.py();
-    let mut chunks = Vec::new();
-    let mut close_notify = false;
-    loop {
-        let result = records.call_method1(intern!(py, "read"), (READ_SIZE,));
-        match ssl_call(py, result)? {
-            Ssl::WouldBlock => break,
-            Ssl::Failed(err) => return Err(err),
-            Ssl::Done(chunk) => {
-                let chunk = chunk.cast_into::<PyBytes>()?;
-                if chunk.as_bytes().is_empty() {
-                    close_notify = true;
-                    break;
-                }
-                chunks.push(chunk);
-            }
-        }
-    }
-    let data = match chunks.len() {
-        0 => None,
-        1 => chunks.pop(),
-        _ => Some(join(py, &chunks)?),
-    };
-    Ok(Decrypted { data, close_notify })
+    read_sized(records, Some(READ_SIZE), |_, _| Ok(Some(READ_SIZE)))
 }
 
 /// One `bytes` from several, built in place.

@@ -58,26 +58,39 @@ const ONE_RECORD: usize = 16 * 1024 + 256;
 fn read_each<'py>(
     records: &Bound<'py, PyAny>,
     incoming: &Bound<'py, PyAny>,
-    mut readable: usize,
+    readable: usize,
+) -> PyResult<Decrypted<'py>> {
+    let size = |readable: usize| (readable > 0).then(|| readable.min(READ_SIZE));
+    read_sized(records, size(readable), |asked, got| {
+        Ok(size(self::readable(records, incoming, got < asked)?))
+    })
+}
+
+/// `read(n)` records until `SSLWantReadError`, close_notify, or `next(asked, got)` gives no
+/// next size; the records joined into one `bytes`.
+pub(super) fn read_sized<'py>(
+    records: &Bound<'py, PyAny>,
+    first: Option<usize>,
+    mut next: impl FnMut(usize, usize) -> PyResult<Option<usize>>,
 ) -> PyResult<Decrypted<'py>> {
     let py = records.py();
     let mut chunks = Vec::new();
     let mut close_notify = false;
-    while readable > 0 {
-        let asked = readable.min(READ_SIZE);
-        let result = records.call_method1(intern!(py, "read"), (asked,));
+    let mut asked = first;
+    while let Some(size) = asked {
+        let result = records.call_method1(intern!(py, "read"), (size,));
         match ssl_call(py, result)? {
             Ssl::WouldBlock => break,
             Ssl::Failed(err) => return Err(err),
             Ssl::Done(chunk) => {
                 let chunk = chunk.cast_into::<PyBytes>()?;
-                let n = chunk.as_bytes().len();
-                if n == 0 {
+                let got = chunk.as_bytes().len();
+                if got == 0 {
                     close_notify = true;
                     break;
                 }
                 chunks.push(chunk);
-                readable = self::readable(records, incoming, n < asked)?;
+                asked = next(size, got)?;
             }
         }
     }
