@@ -7,6 +7,8 @@ import socket
 import warnings
 import weakref
 
+import pytest
+
 
 def open_fds():
     return len(os.listdir("/proc/self/fd"))
@@ -76,7 +78,8 @@ class Holder:
         pass
 
 
-def test_a_handle_in_a_cycle_is_collected_after_it_ran(loop, run):
+@pytest.mark.parametrize("queued_before", [0, 1000], ids=["short queue", "long queue"])
+def test_a_handle_in_a_cycle_is_collected_after_it_ran(loop, run, queued_before):
     async def main():
         # Many handles first, so that one reused from any allocator cache is the one tested.
         for _ in range(5000):
@@ -84,6 +87,9 @@ def test_a_handle_in_a_cycle_is_collected_after_it_ran(loop, run):
         await asyncio.sleep(0)
 
         def make_cycle():
+            # oxio hides handles that join a long ready queue from the cyclic GC until they run.
+            for _ in range(queued_before):
+                loop.call_soon(int)
             holder = Holder()
             holder.handle = loop.call_soon(holder.callback)
             return weakref.ref(holder)
@@ -117,12 +123,17 @@ def test_timers_in_cycles_are_collected_once_fired_or_cancelled(loop, run):
     assert run(main()) == (True, True)
 
 
-def test_a_stopped_loop_left_in_a_cycle_with_pending_callbacks_is_collected(loop_factory):
+@pytest.mark.parametrize("queued_before", [0, 1000], ids=["short queue", "long queue"])
+def test_a_stopped_loop_left_in_a_cycle_with_pending_callbacks_is_collected(
+    loop_factory, queued_before
+):
     def abandon():
         loop = loop_factory()
 
         async def schedule():
             # Scheduled while the loop runs, then still pending when it stops.
+            for _ in range(queued_before):
+                loop.call_soon(int)
             holder = Holder()
             holder.loop = loop
             holder.soon = loop.call_soon(holder.callback)

@@ -10,7 +10,7 @@ use std::time::Duration;
 use oxio_core::{monotonic, Events, Poller};
 use pyo3::prelude::*;
 
-use super::{closed_error, lock, Core, EventLoop, WAKER_TOKEN};
+use super::{closed_error, Core, EventLoop, IterationBuffers, WAKER_TOKEN};
 use crate::handle::{self, Handle, TimerHandle};
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: never sleep longer than a day in one poll.
@@ -22,9 +22,12 @@ const MIN_TIMERS_TO_COMPACT: usize = 100;
 /// What phase 1 hands to the poll.
 struct PollPlan {
     timeout: Option<Duration>,
-    poller: Arc<Poller>,
-    /// Whether any fd besides the waker is watched.
-    watching: bool,
+    /// `None` when the poll is skipped: nothing but the waker is registered and the poll may
+    /// not block, so it could only report that `call_soon_threadsafe` ran, whose callback is
+    /// already in the ready queue. libuv skips the poll in the same case.
+    // NOTE: this was one epoll_wait per `await asyncio.sleep(0)`, ~17% of that row's profile;
+    // not cloning the `Arc` then saves two atomic operations per iteration.
+    poller: Option<Arc<Poller>>,
 }
 
 impl EventLoop {
@@ -33,7 +36,7 @@ impl EventLoop {
     fn plan_poll(&self, py: Python<'_>, garbage: &mut Vec<Py<TimerHandle>>) -> PyResult<PollPlan> {
         let mut core = self.core();
         let core = &mut *core;
-        let Some(poller) = core.poller.clone() else {
+        let Some(poller) = &core.poller else {
             return Err(closed_error());
         };
         if core.timers.len() > MIN_TIMERS_TO_COMPACT
@@ -67,30 +70,26 @@ impl EventLoop {
                 Duration::try_from_secs_f64(wait).unwrap_or(Duration::ZERO)
             })
         };
+        let watching = !core.readers.is_empty() || !core.writers.is_empty();
+        let skip = timeout == Some(Duration::ZERO) && !watching;
         Ok(PollPlan {
             timeout,
-            poller,
-            watching: !core.readers.is_empty() || !core.writers.is_empty(),
+            poller: (!skip).then(|| Arc::clone(poller)),
         })
     }
 
     /// Phase 2: wait for I/O, with the interpreter detached whenever the wait can block.
     fn poll(py: Python<'_>, plan: PollPlan, events: &mut Events) -> PyResult<()> {
-        if plan.timeout == Some(Duration::ZERO) && !plan.watching {
-            // Nothing but the waker is registered, so a poll could only report that
-            // `call_soon_threadsafe` ran, whose callback is already in the ready queue. libuv
-            // skips the poll in the same case.
-            // NOTE: this was one epoll_wait per `await asyncio.sleep(0)`, ~17% of that row's
-            // profile.
+        let Some(poller) = plan.poller else {
             events.clear();
             return Ok(());
-        }
+        };
         // NOTE: a poll that cannot block keeps the GIL: releasing and re-taking it cost 1-2% of
         // queue ping-pong, where most iterations have callbacks ready and poll with timeout 0.
         let polled = if plan.timeout == Some(Duration::ZERO) {
-            plan.poller.wait(events, plan.timeout)
+            poller.wait(events, plan.timeout)
         } else {
-            py.detach(|| plan.poller.wait(events, plan.timeout))
+            py.detach(|| poller.wait(events, plan.timeout))
         };
         match polled {
             Ok(()) => Ok(()),
@@ -174,6 +173,7 @@ impl EventLoop {
         slf: &Bound<'_, Self>,
         py: Python<'_>,
         mut batch: VecDeque<Py<Handle>>,
+        spare: &mut VecDeque<Py<Handle>>,
     ) -> PyResult<()> {
         let this = slf.get();
         let debug = this.is_debug();
@@ -199,7 +199,7 @@ impl EventLoop {
             }
         }
         // The emptied deque keeps its capacity for a later iteration.
-        lock(&this.buffers).spare_ready = batch;
+        *spare = batch;
         result
     }
 
@@ -237,32 +237,26 @@ impl EventLoop {
     /// Phases 1 to 5. The loop's lock is taken twice per iteration: to plan the poll, then to
     /// dispatch its events, collect due timers and take the ready queue in one go (one lock
     /// per phase was nine round trips; the sleep(0) and queue rows moved within their noise).
-    pub(super) fn run_once_impl(slf: &Bound<'_, Self>) -> PyResult<()> {
+    pub(super) fn run_once_impl(
+        slf: &Bound<'_, Self>,
+        buffers: &mut IterationBuffers,
+    ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let mut dead_timers = Vec::new();
         let mut dead_handles = Vec::new();
         let plan = this.plan_poll(py, &mut dead_timers);
         let batch = plan.and_then(|plan| {
-            let mut buffers = lock(&this.buffers);
-            let buffers = &mut *buffers;
             Self::poll(py, plan, &mut buffers.events)?;
             let mut core = this.core();
             Self::dispatch_events(py, &mut core, &buffers.events, &mut dead_handles);
             Self::collect_due_timers(py, &mut core, &mut dead_timers);
-            // A re-entrant `_run_once` (only reachable from tests) finds the spare taken and
-            // simply starts from an empty one.
             let mut batch = std::mem::take(&mut buffers.spare_ready);
             std::mem::swap(&mut batch, &mut core.ready);
             Ok(batch)
         });
         // Released here, outside the lock, as the `Core` invariant requires.
-        for timer in dead_timers {
-            handle::release(timer.into_bound(py).into_super());
-        }
-        for dead in dead_handles {
-            handle::release(dead.into_bound(py));
-        }
-        Self::run_ready(slf, py, batch?)
+        Self::release_all(py, dead_handles, dead_timers);
+        Self::run_ready(slf, py, batch?, &mut buffers.spare_ready)
     }
 }
