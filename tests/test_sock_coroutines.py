@@ -3,6 +3,7 @@ errors, and the sockets whose own methods must be called (subclasses, patched cl
 
 import asyncio
 import errno
+import itertools
 import socket
 import ssl
 import struct
@@ -540,5 +541,60 @@ def test_recv_and_sendall_wait_on_one_socket_at_once(run, loop):
         return got
 
     assert run(main()) == len(payload)
+    a.close()
+    b.close()
+
+
+def patterned(size, seed):
+    return bytes((seed + i * 7) % 251 for i in range(size))
+
+
+def test_large_and_small_reads_arrive_intact_within_their_limits(run, loop):
+    # oxio receives a large read straight into its own `bytes` and small ones through a shared
+    # buffer, switching per read.
+    a, b = socketpair()
+    sent = [patterned(200_000, 1), b"tiny", patterned(150_000, 2), b"x" * 10, patterned(90_000, 3)]
+
+    async def send():
+        for chunk in sent:
+            await loop.sock_sendall(b, chunk)
+            await asyncio.sleep(0.01)  # each chunk arrives alone, as one read or a few
+
+    async def main():
+        sender = asyncio.create_task(send())
+        received = bytearray()
+        # A small limit follows each large one, while the rest of a large chunk waits.
+        limits = itertools.cycle((256 * 1024, 1000))
+        while len(received) < sum(map(len, sent)):
+            limit = next(limits)
+            data = await loop.sock_recv(a, limit)
+            assert isinstance(data, bytes) and 0 < len(data) <= limit
+            received += data
+        await sender
+        return bytes(received)
+
+    assert run(main()) == b"".join(sent)
+    a.close()
+    b.close()
+
+
+def test_large_datagrams_through_sock_recv_are_truncated_as_recv_truncates(run, loop):
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.setblocking(False)
+    b.setblocking(False)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    first, second = patterned(100_000, 1), patterned(120_000, 2)
+
+    async def main():
+        b.send(first)
+        b.send(second)
+        b.send(b"small")
+        got_first = await loop.sock_recv(a, 256 * 1024)
+        got_second = await loop.sock_recv(a, 1000)  # the rest of this datagram is discarded
+        got_small = await loop.sock_recv(a, 256 * 1024)
+        return got_first, got_second, got_small
+
+    assert run(main()) == (first, second[:1000], b"small")
     a.close()
     b.close()

@@ -443,3 +443,25 @@ def test_write_accepts_any_buffer_format(loop, run):
         peer.close()
 
     run(main())
+
+
+def patterned(size, seed):
+    return bytes((seed + i * 7) % 251 for i in range(size))
+
+
+def test_large_reads_then_small_ones_arrive_intact(loop, run):
+    # oxio receives a large read straight into its own `bytes` and small ones through a shared
+    # buffer, switching per read; the protocol must see every byte once, in order.
+    chunks = [patterned(300_000, 1), b"tiny", patterned(100_000, 2), b"x", patterned(70_000, 3)]
+
+    async def main():
+        transport, protocol, peer = await connected_pair(loop)
+        for chunk in chunks:
+            await loop.sock_sendall(peer, chunk)
+            await asyncio.sleep(0.01)  # let each chunk arrive as one read, or a few
+        peer.shutdown(socket.SHUT_WR)
+        await protocol.done
+        peer.close()
+        return bytes(protocol.data)
+
+    assert run(main()) == b"".join(chunks)

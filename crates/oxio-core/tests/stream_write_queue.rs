@@ -92,3 +92,25 @@ fn pipes_flush_with_writev_and_read_to_end_of_stream() {
     // SAFETY: `read_end` is open and owned by this test.
     unsafe { libc::close(read_end) };
 }
+
+#[test]
+fn readable_bytes_counts_what_recv_uninit_then_takes() {
+    use oxio_core::transport::stream::{readable_bytes, recv_uninit};
+    use std::mem::MaybeUninit;
+
+    let (mut a, b) = UnixStream::pair().unwrap();
+    b.set_nonblocking(true).unwrap();
+    assert_eq!(readable_bytes(b.as_raw_fd()).unwrap(), 0);
+    std::io::Write::write_all(&mut a, b"twelve bytes").unwrap();
+    assert_eq!(readable_bytes(b.as_raw_fd()).unwrap(), 12);
+    let mut buf = [MaybeUninit::<u8>::uninit(); 32];
+    assert_eq!(recv_uninit(b.as_raw_fd(), &mut buf, 0).unwrap(), 12);
+    // SAFETY: the kernel initialised the first 12 bytes.
+    let got: Vec<u8> = buf[..12]
+        .iter()
+        .map(|byte| unsafe { byte.assume_init() })
+        .collect();
+    assert_eq!(got, b"twelve bytes");
+    let err = recv_uninit(b.as_raw_fd(), &mut buf, 0).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+}

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 
 /// At most this many buffers go to one `writev` (Linux's `IOV_MAX` is 1024; beyond a few dozen
@@ -19,18 +20,40 @@ pub fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
 
 /// `recv(2)` into `buf`; 0 means end of stream.
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    retry_interrupted(|| {
-        // SAFETY: `buf` is a live, writable slice; the kernel writes at most `buf.len()` bytes.
-        unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) }
-    })
+    recv_with_flags(fd, buf, 0)
 }
 
 /// `recv(2)` with `MSG_DONTWAIT`: never blocks, whatever the fd's own blocking mode.
 pub fn recv_nowait(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    recv_with_flags(fd, buf, libc::MSG_DONTWAIT)
+}
+
+/// `recv(2)` into `buf` with `flags`.
+pub fn recv_with_flags(fd: RawFd, buf: &mut [u8], flags: i32) -> io::Result<usize> {
     retry_interrupted(|| {
         // SAFETY: `buf` is a live, writable slice; the kernel writes at most `buf.len()` bytes.
-        unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) }
+        unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) }
     })
+}
+
+/// `recv(2)` into memory not yet initialised, with `flags`; returns how many bytes the kernel
+/// wrote at the start of `buf`.
+pub fn recv_uninit(fd: RawFd, buf: &mut [MaybeUninit<u8>], flags: i32) -> io::Result<usize> {
+    retry_interrupted(|| {
+        // SAFETY: `buf` is a live, writable slice; the kernel writes at most `buf.len()` bytes
+        // and never reads them, so their being uninitialised is fine.
+        unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) }
+    })
+}
+
+/// How many bytes are waiting to be read on a socket or pipe (`FIONREAD`).
+pub fn readable_bytes(fd: RawFd) -> io::Result<usize> {
+    let mut count: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which points at a live local.
+    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut count) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(count).unwrap_or(0))
 }
 
 /// `send(2)` with `MSG_DONTWAIT | MSG_NOSIGNAL`: never blocks and never raises SIGPIPE.

@@ -15,7 +15,7 @@ use pyo3::types::{PyBytes, PyMemoryView, PySlice, PyString, PyTuple};
 use pyo3::{ffi, intern};
 
 use crate::stdlib;
-use crate::transport::{with_read_buffer, READ_SIZE};
+use crate::transport::{recv_bytes, READ_SIZE};
 use oxio_core::transport::stream::{recv_nowait, send_nowait};
 
 /// What a `sock_*` coroutine does, with its arguments.
@@ -214,11 +214,10 @@ fn recv(sock: &Bound<'_, PyAny>, n: &Bound<'_, PyAny>) -> PyResult<Attempt> {
         // 36.9k instructions and from 15.3 to 13.8 us of CPU (median of 8 alternating runs):
         // no `BlockingIOError` is built when it would block, and receiving into the loop
         // thread's read buffer, then copying out what arrived, allocates no full-size `bytes`
-        // per attempt (CPython's `sock.recv` allocates `n` bytes, then shrinks them).
-        let result = with_read_buffer(|buf| {
-            recv_nowait(fd, &mut buf[..n]).map(|got| PyBytes::new(py, &buf[..got]).into_any())
-        });
-        return os_attempt(py, fd, result.map(Bound::unbind));
+        // per attempt (CPython's `sock.recv` allocates `n` bytes, then shrinks them). Large
+        // reads skip the copy (`recv_bytes`).
+        let result = recv_bytes(py, fd, n, libc::MSG_DONTWAIT);
+        return os_attempt(py, fd, result.map(|bytes| bytes.into_any().unbind()));
     }
     call(sock, name, (n,)).map(Attempt::Done)
 }

@@ -44,10 +44,10 @@ pub(crate) use {impl_core, impl_read_core};
 
 pub(crate) mod datagram;
 pub(crate) mod pipe;
+mod reading;
 mod sockaddr;
 pub(crate) mod stream;
 
-use std::cell::RefCell;
 use std::io;
 use std::os::fd::RawFd;
 
@@ -61,22 +61,10 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyWeakre
 use pyo3::PyClass;
 
 pub(crate) use oxio_core::FlowControl;
+pub(crate) use reading::{recv_bytes, with_read_buffer, READ_SIZE};
 
-/// asyncio's `max_size` for one read on a socket or pipe transport.
-pub(crate) const READ_SIZE: usize = 256 * 1024;
 /// asyncio warns once this many writes were attempted after the connection was lost.
 pub(crate) const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
-
-thread_local! {
-    /// One read buffer per loop thread, shared by every transport: data is copied out into a
-    /// `bytes` before the protocol runs, so no transport holds it across Python code.
-    static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
-}
-
-/// Runs `read` on this thread's read buffer.
-pub(crate) fn with_read_buffer<R>(read: impl FnOnce(&mut [u8]) -> R) -> R {
-    READ_BUFFER.with(|cell| read(&mut cell.borrow_mut()))
-}
 
 /// SystemExit and KeyboardInterrupt leave the loop; every other exception stays inside it.
 pub(crate) fn is_exit(py: Python<'_>, err: &PyErr) -> bool {

@@ -13,7 +13,6 @@ use pyo3::exceptions::{PyConnectionError, PyOSError, PyRuntimeError, PyTypeError
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
 
 use crate::tls::TlsProtocol;
 use crate::transport::{
@@ -125,7 +124,7 @@ impl StreamCore {
         }
         let py = slf.py();
         let fd = slf.borrow().wiring.fd;
-        let received = with_read_buffer(|buf| recv(fd, buf).map(|n| PyBytes::new(py, &buf[..n])));
+        let received = transport::recv_bytes(py, fd, transport::READ_SIZE, 0);
         match received {
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(()),
             Err(err) => Self::fatal_error(
