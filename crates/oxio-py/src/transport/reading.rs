@@ -106,7 +106,8 @@ fn recv_direct<'py>(
     };
     let got = recv_uninit(fd, storage, flags)?;
     if got == len {
-        // SAFETY: the kernel initialised all `len` bytes, so the object is a complete `bytes`.
+        // SAFETY: `raw` came from PyBytes_FromStringAndSize, so it is a `bytes`, and the kernel
+        // has now initialised all `len` of its bytes.
         return Ok(Some(unsafe { bytes.cast_into_unchecked() }));
     }
     // Less than the kernel said was waiting (another reader took some): keep what arrived, in a
