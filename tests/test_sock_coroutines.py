@@ -4,6 +4,7 @@ errors, and the sockets whose own methods must be called (subclasses, patched cl
 import asyncio
 import errno
 import itertools
+import random
 import socket
 import ssl
 import struct
@@ -545,15 +546,18 @@ def test_recv_and_sendall_wait_on_one_socket_at_once(run, loop):
     b.close()
 
 
-def patterned(size, seed):
-    return bytes((seed + i * 7) % 251 for i in range(size))
-
-
 def test_large_and_small_reads_arrive_intact_within_their_limits(run, loop):
     # oxio receives a large read straight into its own `bytes` and small ones through a shared
     # buffer, switching per read.
     a, b = socketpair()
-    sent = [patterned(200_000, 1), b"tiny", patterned(150_000, 2), b"x" * 10, patterned(90_000, 3)]
+    rng = random.Random(1)
+    sent = [
+        rng.randbytes(200_000),
+        b"tiny",
+        rng.randbytes(150_000),
+        b"x" * 10,
+        rng.randbytes(90_000),
+    ]
 
     async def send():
         for chunk in sent:
@@ -584,7 +588,8 @@ def test_large_datagrams_through_sock_recv_are_truncated_as_recv_truncates(run, 
     b.setblocking(False)
     b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
     a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    first, second = patterned(100_000, 1), patterned(120_000, 2)
+    rng = random.Random(1)
+    first, second = rng.randbytes(100_000), rng.randbytes(120_000)
 
     async def main():
         b.send(first)

@@ -118,6 +118,15 @@ impl StreamCore {
         }
     }
 
+    /// A failed read: nothing to do when it would block (a spurious wake-up), fatal otherwise.
+    fn read_failed(slf: &Bound<'_, Self>, err: io::Error) -> PyResult<()> {
+        if err.kind() == io::ErrorKind::WouldBlock {
+            return Ok(());
+        }
+        let message = "Fatal read error on socket transport";
+        Self::fatal_error(slf, os_error(slf.py(), err), message)
+    }
+
     fn read_into_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         if let Ok(tls) = protocol.cast::<TlsProtocol>() {
             return Self::read_into_tls(slf, tls);
@@ -126,12 +135,7 @@ impl StreamCore {
         let fd = slf.borrow().wiring.fd;
         let received = transport::recv_bytes(py, fd, transport::READ_SIZE, 0);
         match received {
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(()),
-            Err(err) => Self::fatal_error(
-                slf,
-                os_error(slf.py(), err),
-                "Fatal read error on socket transport",
-            ),
+            Err(err) => Self::read_failed(slf, err),
             Ok(data) if data.as_bytes().is_empty() => Self::on_eof(slf, protocol),
             Ok(data) => {
                 let result = protocol.call_method1(intern!(py, "data_received"), (data,));
@@ -148,12 +152,7 @@ impl StreamCore {
             recv(fd, buf).map(|n| (n, TlsProtocol::receive(tls, &buf[..n])))
         });
         match received {
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(()),
-            Err(err) => Self::fatal_error(
-                slf,
-                os_error(slf.py(), err),
-                "Fatal read error on socket transport",
-            ),
+            Err(err) => Self::read_failed(slf, err),
             Ok((0, _)) => Self::on_eof(slf, tls.as_any()),
             Ok((_, fed)) => {
                 let result = fed.and_then(|()| TlsProtocol::on_ciphertext(tls));
@@ -198,12 +197,7 @@ impl StreamCore {
         let received = recv(fd, target);
         drop(buffer);
         match received {
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(()),
-            Err(err) => Self::fatal_error(
-                slf,
-                os_error(slf.py(), err),
-                "Fatal read error on socket transport",
-            ),
+            Err(err) => Self::read_failed(slf, err),
             Ok(0) => Self::on_eof(slf, protocol),
             Ok(n) => {
                 let result = protocol.call_method1(intern!(py, "buffer_updated"), (n,));
