@@ -33,9 +33,12 @@ struct PollPlan {
 impl EventLoop {
     /// Phase 1: drop cancelled timers at the head of the heap, compact it when most of it is
     /// cancelled, and compute how long the poll may block.
-    fn plan_poll(&self, py: Python<'_>, garbage: &mut Vec<Py<TimerHandle>>) -> PyResult<PollPlan> {
-        let mut core = self.core();
-        let core = &mut *core;
+    fn plan_poll(
+        &self,
+        py: Python<'_>,
+        core: &mut Core,
+        garbage: &mut Vec<Py<TimerHandle>>,
+    ) -> PyResult<PollPlan> {
         let Some(poller) = &core.poller else {
             return Err(closed_error());
         };
@@ -79,17 +82,18 @@ impl EventLoop {
     }
 
     /// Phase 2: wait for I/O, with the interpreter detached whenever the wait can block.
-    fn poll(py: Python<'_>, plan: PollPlan, events: &mut Events) -> PyResult<()> {
-        let Some(poller) = plan.poller else {
-            events.clear();
-            return Ok(());
-        };
+    fn poll(
+        py: Python<'_>,
+        poller: &Poller,
+        timeout: Option<Duration>,
+        events: &mut Events,
+    ) -> PyResult<()> {
         // NOTE: a poll that cannot block keeps the GIL: releasing and re-taking it cost 1-2% of
         // queue ping-pong, where most iterations have callbacks ready and poll with timeout 0.
-        let polled = if plan.timeout == Some(Duration::ZERO) {
-            poller.wait(events, plan.timeout)
+        let polled = if timeout == Some(Duration::ZERO) {
+            poller.wait(events, timeout)
         } else {
-            py.detach(|| poller.wait(events, plan.timeout))
+            py.detach(|| poller.wait(events, timeout))
         };
         match polled {
             Ok(()) => Ok(()),
@@ -234,9 +238,7 @@ impl EventLoop {
         }
     }
 
-    /// Phases 1 to 5. The loop's lock is taken twice per iteration: to plan the poll, then to
-    /// dispatch its events, collect due timers and take the ready queue in one go (one lock
-    /// per phase was nine round trips; the sleep(0) and queue rows moved within their noise).
+    /// Phases 1 to 5.
     pub(super) fn run_once_impl(
         slf: &Bound<'_, Self>,
         buffers: &mut IterationBuffers,
@@ -245,18 +247,38 @@ impl EventLoop {
         let this = slf.get();
         let mut dead_timers = Vec::new();
         let mut dead_handles = Vec::new();
-        let plan = this.plan_poll(py, &mut dead_timers);
-        let batch = plan.and_then(|plan| {
-            Self::poll(py, plan, &mut buffers.events)?;
-            let mut core = this.core();
-            Self::dispatch_events(py, &mut core, &buffers.events, &mut dead_handles);
-            Self::collect_due_timers(py, &mut core, &mut dead_timers);
-            let mut batch = std::mem::take(&mut buffers.spare_ready);
-            std::mem::swap(&mut batch, &mut core.ready);
-            Ok(batch)
-        });
+        let batch = this.take_ready(py, buffers, &mut dead_timers, &mut dead_handles);
         // Released here, outside the lock, as the `Core` invariant requires.
         Self::release_all(py, dead_handles, dead_timers);
         Self::run_ready(slf, py, batch?, &mut buffers.spare_ready)
+    }
+
+    /// Phases 1 to 4, ending with the batch of callbacks to run. The loop's lock is held
+    /// throughout, except while a poll runs: it may block, and other threads must be able to
+    /// schedule meanwhile. So an iteration takes the lock once when the poll is skipped and
+    /// twice otherwise (one lock per phase was nine round trips; the sleep(0) and queue rows
+    /// moved within their noise).
+    fn take_ready(
+        &self,
+        py: Python<'_>,
+        buffers: &mut IterationBuffers,
+        dead_timers: &mut Vec<Py<TimerHandle>>,
+        dead_handles: &mut Vec<Py<Handle>>,
+    ) -> PyResult<VecDeque<Py<Handle>>> {
+        let mut core = self.core();
+        let plan = self.plan_poll(py, &mut core, dead_timers)?;
+        match plan.poller {
+            Some(poller) => {
+                drop(core);
+                Self::poll(py, &poller, plan.timeout, &mut buffers.events)?;
+                core = self.core();
+            }
+            None => buffers.events.clear(),
+        }
+        Self::dispatch_events(py, &mut core, &buffers.events, dead_handles);
+        Self::collect_due_timers(py, &mut core, dead_timers);
+        let mut batch = std::mem::take(&mut buffers.spare_ready);
+        std::mem::swap(&mut batch, &mut core.ready);
+        Ok(batch)
     }
 }
