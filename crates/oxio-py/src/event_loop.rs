@@ -146,8 +146,11 @@ impl EventLoop {
         if check_thread {
             slf.get().check_thread()?;
         }
-        slf.call_method1("_check_callback", (callback, method))?;
-        Ok(Some(slf.call_method0("_extract_stack")?.unbind()))
+        slf.call_method1(intern!(slf.py(), "_check_callback"), (callback, method))?;
+        Ok(Some(
+            slf.call_method0(intern!(slf.py(), "_extract_stack"))?
+                .unbind(),
+        ))
     }
 
     fn new_handle(

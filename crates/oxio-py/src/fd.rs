@@ -3,6 +3,7 @@
 use std::os::fd::RawFd;
 
 use pyo3::exceptions::PyValueError;
+use pyo3::intern;
 use pyo3::prelude::*;
 
 /// An `int` or an object with `fileno()`, validated like `selectors._fileobj_to_fd`.
@@ -10,7 +11,7 @@ pub fn fd_of(fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     let fd: i64 = match fileobj.extract::<i64>() {
         Ok(fd) => fd,
         Err(_) => fileobj
-            .call_method0("fileno")
+            .call_method0(intern!(fileobj.py(), "fileno"))
             .and_then(|n| n.extract::<i64>())
             .map_err(|_| {
                 PyValueError::new_err(format!(

@@ -3,6 +3,7 @@
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::gc::{PyTraverseError, PyVisit};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::types::{PyDict, PyTuple};
@@ -139,7 +140,7 @@ impl Drop for Handle {
 /// Whether the handle's loop is in debug mode; asyncio freezes a cancelled handle's repr then.
 fn loop_is_debug(py: Python<'_>, loop_: Option<&Py<PyAny>>) -> bool {
     loop_
-        .and_then(|l| l.bind(py).call_method0("get_debug").ok())
+        .and_then(|l| l.bind(py).call_method0(intern!(py, "get_debug")).ok())
         .and_then(|d| d.is_truthy().ok())
         .unwrap_or(false)
 }
@@ -443,7 +444,7 @@ impl TimerHandle {
         if let (Some(loop_), true) = (&loop_, scheduled) {
             loop_
                 .bind(py)
-                .call_method1("_timer_handle_cancelled", (slf,))?;
+                .call_method1(intern!(py, "_timer_handle_cancelled"), (slf,))?;
         }
         slf.borrow_mut().as_super().mark_cancelled(py, repr);
         Ok(())

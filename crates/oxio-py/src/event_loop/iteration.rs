@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oxio_core::{monotonic, Events, Poller};
+use pyo3::intern;
 use pyo3::prelude::*;
 
 use super::{closed_error, Core, EventLoop, IterationBuffers, WAKER_TOKEN};
@@ -213,15 +214,17 @@ impl EventLoop {
         py: Python<'_>,
         handle: &Bound<'_, Handle>,
     ) -> PyResult<()> {
-        slf.setattr("_current_handle", handle)?;
+        slf.setattr(intern!(py, "_current_handle"), handle)?;
         let start = monotonic();
         let result = handle::run(py, handle);
         let elapsed = monotonic() - start;
-        slf.setattr("_current_handle", py.None())?;
+        slf.setattr(intern!(py, "_current_handle"), py.None())?;
         result?;
-        let limit: f64 = slf.getattr("slow_callback_duration")?.extract()?;
+        let limit: f64 = slf
+            .getattr(intern!(py, "slow_callback_duration"))?
+            .extract()?;
         if elapsed >= limit {
-            slf.call_method1("_log_slow_callback", (handle, elapsed))?;
+            slf.call_method1(intern!(py, "_log_slow_callback"), (handle, elapsed))?;
         }
         Ok(())
     }
