@@ -9,7 +9,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyMemoryView, PySlice, PyString};
 
-use super::records::{read_records, read_sized, readable, Decrypted};
+use super::records::{read_into, read_records, read_sized, readable, Decrypted, ReadInto};
 use super::{bio_pending, AppState, TlsProtocol, TlsState};
 use crate::stdlib;
 use crate::transport::{self, is_exit, protocol_of, with_bytes, WriteCore, READ_SIZE};
@@ -380,18 +380,22 @@ impl TlsProtocol {
         Self::fatal_on_exception(slf, result, "Fatal error on SSL protocol")
     }
 
+    /// Whether the TLS object is the stdlib's own (`native`), it, and its incoming BIO.
+    fn record_layer<'py>(slf: &Bound<'py, Self>) -> (bool, Bound<'py, PyAny>, Bound<'py, PyAny>) {
+        let py = slf.py();
+        let this = slf.borrow();
+        let ssl = &this.ssl;
+        (
+            ssl.native,
+            ssl.records.bind(py).clone(),
+            ssl.incoming.bind(py).clone(),
+        )
+    }
+
     /// Decrypts everything available and hands it to `data_received` in one `bytes`.
     fn read_into_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let (native, records, incoming) = {
-            let this = slf.borrow();
-            let ssl = &this.ssl;
-            (
-                ssl.native,
-                ssl.records.bind(py).clone(),
-                ssl.incoming.bind(py).clone(),
-            )
-        };
+        let (native, records, incoming) = Self::record_layer(slf);
         let Decrypted { data, close_notify } = if native {
             read_records(&records, &incoming)?
         } else {
@@ -421,15 +425,7 @@ impl TlsProtocol {
                 "get_buffer() returned an empty buffer",
             ));
         }
-        let (native, records, incoming) = {
-            let this = slf.borrow();
-            let ssl = &this.ssl;
-            (
-                ssl.native,
-                ssl.records.bind(py).clone(),
-                ssl.incoming.bind(py).clone(),
-            )
-        };
+        let (native, records, incoming) = Self::record_layer(slf);
         let mut filled = 0;
         let mut close_notify = false;
         let mut drained = false;
@@ -441,20 +437,16 @@ impl TlsProtocol {
             let target = PySlice::new(py, filled as isize, wants as isize, 1);
             let target = view.get_item(target)?;
             let asked = wants - filled;
-            let result = records.call_method1(intern!(py, "read"), (asked, target));
-            match ssl_call(py, result)? {
-                Ssl::WouldBlock => break,
-                Ssl::Failed(err) => return Err(err),
-                Ssl::Done(count) => match count.extract::<usize>()? {
-                    0 => {
-                        close_notify = true;
-                        break;
-                    }
-                    n => {
-                        filled += n;
-                        drained = n < asked;
-                    }
-                },
+            match read_into(&records, asked, &target)? {
+                ReadInto::Blocked => break,
+                ReadInto::CloseNotify => {
+                    close_notify = true;
+                    break;
+                }
+                ReadInto::Read(n) => {
+                    filled += n;
+                    drained = n < asked;
+                }
             }
         }
         if filled == wants {

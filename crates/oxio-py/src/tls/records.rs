@@ -118,21 +118,18 @@ fn read_in_place<'py>(
         }
         let asked = writer.spare();
         let target = writer.spare_view()?;
-        let result = records.call_method1(intern!(py, "read"), (asked, &target));
+        let step = read_into(records, asked, &target);
         writer.retire(target)?;
-        match ssl_call(py, result)? {
-            Ssl::WouldBlock => break,
-            Ssl::Failed(err) => return Err(err),
-            Ssl::Done(count) => match count.extract::<usize>()? {
-                0 => {
-                    close_notify = true;
-                    break;
-                }
-                n => {
-                    writer.advance(n);
-                    readable = self::readable(records, incoming, n < asked)?;
-                }
-            },
+        match step? {
+            ReadInto::Blocked => break,
+            ReadInto::CloseNotify => {
+                close_notify = true;
+                break;
+            }
+            ReadInto::Read(n) => {
+                writer.advance(n);
+                readable = self::readable(records, incoming, n < asked)?;
+            }
         }
     }
     let data = match writer.filled {
@@ -140,6 +137,34 @@ fn read_in_place<'py>(
         _ => Some(writer.finish()?),
     };
     Ok(Decrypted { data, close_notify })
+}
+
+/// What one `read(n, buffer)` of the TLS object did.
+pub(super) enum ReadInto {
+    /// Wrote this many bytes of plaintext at the start of the buffer.
+    Read(usize),
+    /// Nothing until more ciphertext arrives.
+    Blocked,
+    /// The peer's close_notify: the plaintext stream has ended.
+    CloseNotify,
+}
+
+/// `records.read(asked, target)`: decrypts up to `asked` bytes into the writable `target`.
+pub(super) fn read_into(
+    records: &Bound<'_, PyAny>,
+    asked: usize,
+    target: &Bound<'_, PyAny>,
+) -> PyResult<ReadInto> {
+    let py = records.py();
+    let result = records.call_method1(intern!(py, "read"), (asked, target));
+    match ssl_call(py, result)? {
+        Ssl::WouldBlock => Ok(ReadInto::Blocked),
+        Ssl::Failed(err) => Err(err),
+        Ssl::Done(count) => match count.extract::<usize>()? {
+            0 => Ok(ReadInto::CloseNotify),
+            n => Ok(ReadInto::Read(n)),
+        },
+    }
 }
 
 /// A hint of the plaintext that `read` can return now: the ciphertext in the incoming BIO,
