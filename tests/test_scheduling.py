@@ -213,3 +213,63 @@ def test_extreme_deadlines_do_not_crash(loop, when):
     handle = loop.call_at(when, lambda: None)
     loop.run_until_complete(asyncio.sleep(0.01))
     handle.cancel()
+
+
+def run_callbacks(loop, count):
+    """Runs `count` callbacks that nothing keeps a reference to, then stops."""
+    for _ in range(count):
+        loop.call_soon(int)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+
+
+def test_a_handle_its_caller_keeps_is_never_reused(loop):
+    # oxio reuses handles that ran and that nothing else references; these are referenced.
+    kept = loop.call_soon(divmod, 7, 2)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    before = repr(kept)
+    run_callbacks(loop, 3000)
+    fresh = [loop.call_soon(int) for _ in range(3000)]
+    assert all(handle is not kept for handle in fresh)
+    assert (kept._callback, kept._args, kept.cancelled()) == (divmod, (7, 2), False)
+    assert repr(kept) == before
+    for handle in fresh:
+        handle.cancel()
+
+
+def test_a_handle_the_exception_handler_keeps_is_never_reused(loop):
+    kept = []
+    loop.set_exception_handler(lambda _loop, context: kept.append(context["handle"]))
+
+    def boom():
+        raise ZeroDivisionError
+
+    loop.call_soon(boom)
+    run_callbacks(loop, 3000)
+    (handle,) = kept
+    assert handle._callback is boom and handle._args == ()
+    assert "boom" in repr(handle)
+
+
+def test_a_callback_sees_none_of_the_context_changes_of_callbacks_before_it(loop):
+    var = contextvars.ContextVar("var", default="unset")
+    seen = []
+
+    def change():
+        var.set("changed")
+
+    def read():
+        seen.append(var.get())
+
+    # Each round runs in handles the last round left behind (on oxio).
+    for _ in range(3):
+        for _ in range(100):
+            loop.call_soon(change)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        for _ in range(100):
+            loop.call_soon(read)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    assert seen == ["unset"] * 300

@@ -16,7 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{intern, PyClassInitializer};
 
-use crate::handle::{self, Handle, TimerHandle};
+use crate::handle::{self, Handle, TimerHandle, SPARE_HANDLES};
 use crate::sock::{Op, SockCoroutine};
 use crate::tasks;
 
@@ -47,6 +47,8 @@ struct Core {
     writers: FdMap<Py<Handle>>,
     /// Registrations the `sock_*` coroutines keep one-shot or parked (`watchers::FdModes`).
     modes: watchers::FdModes,
+    /// Handles that have run, emptied for `call_soon` to refill (`handle::recycle`).
+    spare_handles: Vec<Py<Handle>>,
     /// `None` once the loop is closed: closing releases the epoll fd and the eventfd at once.
     poller: Option<Arc<Poller>>,
     waker: Option<Arc<Waker>>,
@@ -61,6 +63,8 @@ struct Core {
 struct IterationBuffers {
     events: Events,
     spare_ready: VecDeque<Py<Handle>>,
+    /// The handles the batch emptied for reuse, handed to `Core::spare_handles` at its end.
+    recycled: Vec<Py<Handle>>,
 }
 
 impl IterationBuffers {
@@ -68,6 +72,7 @@ impl IterationBuffers {
         Self {
             events: Events::with_capacity(EVENTS_CAPACITY),
             spare_ready: VecDeque::new(),
+            recycled: Vec::new(),
         }
     }
 }
@@ -175,18 +180,61 @@ impl EventLoop {
         if core.poller.is_none() {
             return Err(closed_error());
         }
-        if core.ready.len() >= UNTRACKED_READY_LENGTH && self.running() {
+        if self.keeps_out_of_view(&core) {
             handle::untrack(handle);
         }
         core.ready.push_back(handle.clone().unbind());
         Ok(())
     }
 
-    /// Empties the ready queue, the timer heap and the watchers, handing their handles back to
-    /// be released outside the lock.
+    /// Schedules a new handle holding `fields`: a spare one when the loop has one, else a new
+    /// object.
+    fn schedule_new<'py>(&self, py: Python<'py>, fields: Handle) -> PyResult<Bound<'py, Handle>> {
+        {
+            let mut core = self.core();
+            if core.poller.is_none() {
+                drop(core);
+                return Err(closed_error());
+            }
+            if let Some(spare) = core.spare_handles.pop() {
+                let in_view = !self.keeps_out_of_view(&core);
+                let handle = handle::refill(spare.into_bound(py), fields, in_view);
+                core.ready.push_back(handle.clone().unbind());
+                return Ok(handle);
+            }
+        }
+        let handle = Bound::new(py, fields)?;
+        self.schedule_ready(&handle)?;
+        Ok(handle)
+    }
+
+    /// Keeps the handles a batch emptied for reuse, up to `SPARE_HANDLES`; the rest are freed
+    /// outside the lock.
+    fn keep_spares(&self, recycled: &mut Vec<Py<Handle>>) {
+        if recycled.is_empty() {
+            return;
+        }
+        let excess = {
+            let mut core = self.core();
+            let room = SPARE_HANDLES.saturating_sub(core.spare_handles.len());
+            let excess = recycled.split_off(room.min(recycled.len()));
+            core.spare_handles.append(recycled);
+            excess
+        };
+        drop(excess);
+    }
+
+    /// Whether a handle joining the ready queue now stays out of the cyclic GC's view.
+    fn keeps_out_of_view(&self, core: &Core) -> bool {
+        core.ready.len() >= UNTRACKED_READY_LENGTH && self.running()
+    }
+
+    /// Empties the ready queue, the timer heap, the watchers and the spare handles, handing
+    /// their handles back to be released outside the lock.
     fn take_scheduled(&self) -> (Vec<Py<Handle>>, Vec<Py<TimerHandle>>) {
         let mut core = self.core();
         let mut handles: Vec<_> = core.ready.drain(..).collect();
+        handles.append(&mut core.spare_handles);
         handles.extend(core.readers.drain().map(|(_, h)| h));
         handles.extend(core.writers.drain().map(|(_, h)| h));
         (handles, core.timers.drain())
@@ -270,6 +318,7 @@ impl EventLoop {
                 readers: FdMap::default(),
                 writers: FdMap::default(),
                 modes: Default::default(),
+                spare_handles: Vec::new(),
                 poller: Some(poller),
                 waker: Some(waker),
             }),
@@ -296,11 +345,10 @@ impl EventLoop {
         let this = slf.get();
         this.check_closed()?;
         let traceback = Self::debug_checks(slf, callback, "call_soon", true)?;
-        let handle = Bound::new(
+        let handle = this.schedule_new(
             slf.py(),
             Self::new_handle(slf, callback, args, context, traceback)?,
         )?;
-        this.schedule_ready(&handle)?;
         Ok(handle)
     }
 
@@ -314,11 +362,10 @@ impl EventLoop {
         let this = slf.get();
         this.check_closed()?;
         let traceback = Self::debug_checks(slf, callback, "call_soon_threadsafe", false)?;
-        let handle = Bound::new(
+        let handle = this.schedule_new(
             slf.py(),
             Self::new_handle(slf, callback, args, context, traceback)?,
         )?;
-        this.schedule_ready(&handle)?;
         // The loop's own thread is not blocked in a poll, so it needs no wake-up.
         if this.thread_id.load(Ordering::Relaxed) != current_thread_id() {
             this.wake();

@@ -12,6 +12,11 @@ use pyo3::PyClassInitializer;
 use crate::context;
 use crate::stdlib;
 
+mod lifecycle;
+
+use lifecycle::{is_tracked, set_tracked};
+pub use lifecycle::{recycle, refill, release, track, untrack, SPARE_HANDLES};
+
 /// A callback with its arguments and `contextvars.Context`, ready to run once.
 ///
 /// Invariant: once `cancelled` is set, `callback` and `args` are `None` and the handle never
@@ -61,6 +66,20 @@ impl Handle {
             frozen_repr: None,
             source_traceback,
         })
+    }
+
+    /// A handle with nothing in it, as [`recycle`] leaves one.
+    fn empty() -> Self {
+        Self {
+            callback: None,
+            args: None,
+            context: None,
+            private_context: false,
+            loop_: None,
+            cancelled: false,
+            frozen_repr: None,
+            source_traceback: None,
+        }
     }
 
     /// The context, now visible to others: from here on the GC must always see it.
@@ -143,80 +162,6 @@ fn loop_is_debug(py: Python<'_>, loop_: Option<&Py<PyAny>>) -> bool {
         .and_then(|l| l.bind(py).call_method0(intern!(py, "get_debug")).ok())
         .and_then(|d| d.is_truthy().ok())
         .unwrap_or(false)
-}
-
-/// Takes a timer that a *running* loop just scheduled out of the cyclic GC's view, with the
-/// context copied for it.
-///
-/// While a running loop holds a timer, everything the timer references is reachable through
-/// the loop, so a collection has nothing to find there; yet with many timers pending, scanning
-/// them again and again was most of the cost of scheduling them. Handles leave the loop
-/// through [`release`], which puts them back in view. A loop that stops running puts every
-/// handle it still holds back in view ([`track`]), so a stopped loop dropped in a cycle with
-/// its pending callbacks is still collected. A `call_soon` handle is switched only when it joins
-/// a long ready queue: in a short one it lives for one iteration, and switching every handle
-/// cost more than the collections it saved.
-// NOTE: with 200k pending timers, collections took about 40% of the call_later bench row;
-// untracking cut its instruction count by 31% (callgrind), and added 10% to call_soon when
-// applied to every handle.
-pub fn untrack(handle: &Bound<'_, Handle>) {
-    if is_tracked(handle.as_any()) {
-        set_tracked_with_context(handle, false);
-    }
-}
-
-/// Puts a handle, and the context copied for it, back in the cyclic GC's view.
-///
-/// A handle and its private context are always switched together, so the handle's state
-/// stands for both.
-pub fn track(handle: &Bound<'_, Handle>) {
-    if !is_tracked(handle.as_any()) {
-        set_tracked_with_context(handle, true);
-    }
-}
-
-/// Drops the loop's reference to a handle, first putting it back in the cyclic GC's view.
-///
-/// Always, even when the loop held the last reference: the context dies with the handle then,
-/// and CPython's context deallocator unlinks it from the GC's list without checking that it
-/// is in one.
-pub fn release(handle: Bound<'_, Handle>) {
-    track(&handle);
-}
-
-fn set_tracked_with_context(handle: &Bound<'_, Handle>, tracked: bool) {
-    set_tracked(handle.as_any(), tracked);
-    // Only a `__del__` running inside `cancel()` could find the handle borrowed; its context
-    // then keeps its current state, which costs at worst a later collection.
-    let Ok(this) = handle.try_borrow() else {
-        return;
-    };
-    if let (true, Some(context)) = (this.private_context, &this.context) {
-        let context = context.bind(handle.py());
-        if is_tracked(context) != tracked {
-            set_tracked(context, tracked);
-        }
-    }
-}
-
-fn is_tracked(obj: &Bound<'_, PyAny>) -> bool {
-    // SAFETY: the interpreter is attached and `obj` is a live object.
-    unsafe { pyo3::ffi::PyObject_GC_IsTracked(obj.as_ptr()) == 1 }
-}
-
-/// Switches an object the caller knows to be in the other state (tracking an object twice is
-/// a fatal error).
-fn set_tracked(obj: &Bound<'_, PyAny>, tracked: bool) {
-    let ptr = obj.as_ptr();
-    // SAFETY: the interpreter is attached and `obj` is a live object of a GC type (handles are
-    // #[pyclass]es, contexts are GC objects) whose state is the opposite of `tracked`.
-    unsafe {
-        if tracked {
-            pyo3::ffi::PyObject_GC_Track(ptr.cast());
-        } else {
-            pyo3::ffi::PyObject_GC_UnTrack(ptr.cast());
-        }
-    }
 }
 
 /// Runs `handle` in its context. Exceptions other than `SystemExit`/`KeyboardInterrupt` go to

@@ -12,7 +12,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 
 use super::{closed_error, Core, EventLoop, IterationBuffers, WAKER_TOKEN};
-use crate::handle::{self, Handle, TimerHandle};
+use crate::handle::{self, Handle, TimerHandle, SPARE_HANDLES};
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: never sleep longer than a day in one poll.
 const MAX_POLL_TIMEOUT: f64 = 24.0 * 3600.0;
@@ -178,7 +178,7 @@ impl EventLoop {
         slf: &Bound<'_, Self>,
         py: Python<'_>,
         mut batch: VecDeque<Py<Handle>>,
-        spare: &mut VecDeque<Py<Handle>>,
+        buffers: &mut IterationBuffers,
     ) -> PyResult<()> {
         let this = slf.get();
         let debug = this.is_debug();
@@ -190,7 +190,13 @@ impl EventLoop {
             } else {
                 handle::run(py, &handle)
             };
-            handle::release(handle);
+            // Beyond what the loop keeps, handles are freed at once, while their memory is
+            // still in the cache for the next allocation.
+            if buffers.recycled.len() >= SPARE_HANDLES {
+                handle::release(handle);
+            } else if let Some(spare) = handle::recycle(handle) {
+                buffers.recycled.push(spare.unbind());
+            }
             if result.is_err() {
                 break;
             }
@@ -203,8 +209,9 @@ impl EventLoop {
                 core.ready.push_front(handle);
             }
         }
+        this.keep_spares(&mut buffers.recycled);
         // The emptied deque keeps its capacity for a later iteration.
-        *spare = batch;
+        buffers.spare_ready = batch;
         result
     }
 
@@ -253,7 +260,7 @@ impl EventLoop {
         let batch = this.take_ready(py, buffers, &mut dead_timers, &mut dead_handles);
         // Released here, outside the lock, as the `Core` invariant requires.
         Self::release_all(py, dead_handles, dead_timers);
-        Self::run_ready(slf, py, batch?, &mut buffers.spare_ready)
+        Self::run_ready(slf, py, batch?, buffers)
     }
 
     /// Phases 1 to 4, ending with the batch of callbacks to run. The loop's lock is held
