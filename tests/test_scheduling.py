@@ -273,3 +273,23 @@ def test_a_callback_sees_none_of_the_context_changes_of_callbacks_before_it(loop
         loop.call_soon(loop.stop)
         loop.run_forever()
     assert seen == ["unset"] * 300
+
+
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe"])
+def test_call_soon_arguments_as_asyncio_takes_them(loop, method):
+    schedule = getattr(loop, method)
+    seen = []
+    schedule(callback=seen.append, context=None).cancel()
+    schedule(seen.append, "positional", context=contextvars.copy_context())
+    schedule(callback=lambda: seen.append("by keyword"))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == ["positional", "by keyword"]
+    bad_calls = [
+        ((), {}, "missing 1 required positional argument: 'callback'"),
+        ((seen.append,), {"callback": seen.append}, "multiple values for argument 'callback'"),
+        ((seen.append,), {"delay": 1}, "unexpected keyword argument 'delay'"),
+    ]
+    for args, kwargs, message in bad_calls:
+        with pytest.raises(TypeError, match=message):
+            schedule(*args, **kwargs)

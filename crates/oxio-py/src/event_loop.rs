@@ -19,7 +19,11 @@ use pyo3::{intern, PyClassInitializer};
 use crate::handle::{self, Handle, TimerHandle, SPARE_HANDLES};
 use crate::sock::{Op, SockCoroutine};
 use crate::tasks;
+use call_soon::SoonArgs;
 
+pub(crate) use call_soon::install as install_call_soon;
+
+mod call_soon;
 mod iteration;
 mod watchers;
 
@@ -63,7 +67,8 @@ struct Core {
 struct IterationBuffers {
     events: Events,
     spare_ready: VecDeque<Py<Handle>>,
-    /// The handles the batch emptied for reuse, handed to `Core::spare_handles` at its end.
+    /// The handles the last batch emptied for reuse, handed to `Core::spare_handles` when the
+    /// next iteration takes the lock.
     recycled: Vec<Py<Handle>>,
 }
 
@@ -187,6 +192,36 @@ impl EventLoop {
         Ok(())
     }
 
+    /// `call_soon` and `call_soon_threadsafe` (see `call_soon.rs` for how they are called).
+    fn schedule_soon<'py>(
+        slf: &Bound<'py, Self>,
+        soon: SoonArgs<'_, 'py>,
+        threadsafe: bool,
+    ) -> PyResult<Bound<'py, Handle>> {
+        let this = slf.get();
+        this.check_closed()?;
+        let method = if threadsafe {
+            "call_soon_threadsafe"
+        } else {
+            "call_soon"
+        };
+        let traceback = Self::debug_checks(slf, &soon.callback, method, !threadsafe)?;
+        let fields = Handle::create(
+            slf.py(),
+            soon.callback.to_owned().unbind(),
+            soon.args.unbind(),
+            slf.clone().into_any().unbind(),
+            soon.context.map(|ctx| ctx.to_owned().unbind()),
+            traceback,
+        )?;
+        let handle = this.schedule_new(slf.py(), fields)?;
+        // The loop's own thread is not blocked in a poll, so it needs no wake-up.
+        if threadsafe && this.thread_id.load(Ordering::Relaxed) != current_thread_id() {
+            this.wake();
+        }
+        Ok(handle)
+    }
+
     /// Schedules a new handle holding `fields`: a spare one when the loop has one, else a new
     /// object.
     fn schedule_new<'py>(&self, py: Python<'py>, fields: Handle) -> PyResult<Bound<'py, Handle>> {
@@ -208,20 +243,14 @@ impl EventLoop {
         Ok(handle)
     }
 
-    /// Keeps the handles a batch emptied for reuse, up to `SPARE_HANDLES`; the rest are freed
-    /// outside the lock.
-    fn keep_spares(&self, recycled: &mut Vec<Py<Handle>>) {
-        if recycled.is_empty() {
-            return;
+    /// Keeps the handles the last batch emptied for reuse, up to `SPARE_HANDLES`; the rest
+    /// join `garbage`, to be freed outside the lock.
+    fn keep_spares(core: &mut Core, recycled: &mut Vec<Py<Handle>>, garbage: &mut Vec<Py<Handle>>) {
+        let room = SPARE_HANDLES.saturating_sub(core.spare_handles.len());
+        if recycled.len() > room {
+            garbage.extend(recycled.drain(room..));
         }
-        let excess = {
-            let mut core = self.core();
-            let room = SPARE_HANDLES.saturating_sub(core.spare_handles.len());
-            let excess = recycled.split_off(room.min(recycled.len()));
-            core.spare_handles.append(recycled);
-            excess
-        };
-        drop(excess);
+        core.spare_handles.append(recycled);
     }
 
     /// Whether a handle joining the ready queue now stays out of the cyclic GC's view.
@@ -333,44 +362,6 @@ impl EventLoop {
     /// `time.monotonic()`, the loop's clock.
     fn time(&self) -> f64 {
         monotonic()
-    }
-
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon<'py>(
-        slf: &Bound<'py, Self>,
-        callback: &Bound<'py, PyAny>,
-        args: &Bound<'py, PyTuple>,
-        context: Option<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, Handle>> {
-        let this = slf.get();
-        this.check_closed()?;
-        let traceback = Self::debug_checks(slf, callback, "call_soon", true)?;
-        let handle = this.schedule_new(
-            slf.py(),
-            Self::new_handle(slf, callback, args, context, traceback)?,
-        )?;
-        Ok(handle)
-    }
-
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon_threadsafe<'py>(
-        slf: &Bound<'py, Self>,
-        callback: &Bound<'py, PyAny>,
-        args: &Bound<'py, PyTuple>,
-        context: Option<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, Handle>> {
-        let this = slf.get();
-        this.check_closed()?;
-        let traceback = Self::debug_checks(slf, callback, "call_soon_threadsafe", false)?;
-        let handle = this.schedule_new(
-            slf.py(),
-            Self::new_handle(slf, callback, args, context, traceback)?,
-        )?;
-        // The loop's own thread is not blocked in a poll, so it needs no wake-up.
-        if this.thread_id.load(Ordering::Relaxed) != current_thread_id() {
-            this.wake();
-        }
-        Ok(handle)
     }
 
     #[pyo3(signature = (delay, callback, *args, context=None))]

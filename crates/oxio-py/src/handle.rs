@@ -82,6 +82,13 @@ impl Handle {
         }
     }
 
+    /// Takes `fields` in place of an empty handle's (see [`recycle`]).
+    fn refill(&mut self, fields: Self) {
+        debug_assert!(self.callback.is_none() && self.context.is_none() && self.loop_.is_none());
+        // Dropping the empty value would only run `Drop` over its `None`s.
+        std::mem::forget(std::mem::replace(self, fields));
+    }
+
     /// The context, now visible to others: from here on the GC must always see it.
     fn shared_context(&mut self, py: Python<'_>) -> Option<Py<PyAny>> {
         let context = self.context.as_ref()?.bind(py);

@@ -16,6 +16,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::EventLoop>()?;
+    event_loop::install_call_soon(m.py())?;
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
     m.add_class::<sock::SockCoroutine>()?;

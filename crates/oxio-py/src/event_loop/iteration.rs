@@ -209,7 +209,6 @@ impl EventLoop {
                 core.ready.push_front(handle);
             }
         }
-        this.keep_spares(&mut buffers.recycled);
         // The emptied deque keeps its capacity for a later iteration.
         buffers.spare_ready = batch;
         result
@@ -259,7 +258,9 @@ impl EventLoop {
         let mut dead_handles = Vec::new();
         let batch = this.take_ready(py, buffers, &mut dead_timers, &mut dead_handles);
         // Released here, outside the lock, as the `Core` invariant requires.
-        Self::release_all(py, dead_handles, dead_timers);
+        if !dead_handles.is_empty() || !dead_timers.is_empty() {
+            Self::release_all(py, dead_handles, dead_timers);
+        }
         Self::run_ready(slf, py, batch?, buffers)
     }
 
@@ -276,6 +277,7 @@ impl EventLoop {
         dead_handles: &mut Vec<Py<Handle>>,
     ) -> PyResult<VecDeque<Py<Handle>>> {
         let mut core = self.core();
+        Self::keep_spares(&mut core, &mut buffers.recycled, dead_handles);
         let plan = self.plan_poll(py, &mut core, dead_timers)?;
         match plan.poller {
             Some(poller) => {

@@ -133,7 +133,7 @@ pub fn recycle(handle: Bound<'_, Handle>) -> Option<Bound<'_, Handle>> {
 /// Runs no Python code, so the loop may call it under its lock: the spare's old fields are all
 /// `None`, so replacing them drops nothing.
 pub fn refill<'py>(spare: Bound<'py, Handle>, fields: Handle, in_view: bool) -> Bound<'py, Handle> {
-    *spare.borrow_mut() = fields;
+    spare.borrow_mut().refill(fields);
     if in_view {
         set_tracked(spare.as_any(), true);
     } else {
