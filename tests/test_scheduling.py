@@ -293,3 +293,25 @@ def test_call_soon_arguments_as_asyncio_takes_them(loop, method):
     for args, kwargs, message in bad_calls:
         with pytest.raises(TypeError, match=message):
             schedule(*args, **kwargs)
+
+
+@pytest.mark.parametrize("method", ["call_later", "call_at"])
+def test_timer_arguments_as_asyncio_takes_them(loop, method):
+    schedule = getattr(loop, method)
+    first = "delay" if method == "call_later" else "when"
+    at = 0 if method == "call_later" else loop.time()
+    seen = []
+    schedule(at, seen.append, "positional", context=contextvars.copy_context())
+    schedule(**{first: at, "callback": lambda: seen.append("by keyword")})
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert seen == ["positional", "by keyword"]
+    bad_calls = [
+        ((), {}, f"missing 2 required positional arguments: '{first}' and 'callback'"),
+        ((at,), {}, "missing 1 required positional argument: 'callback'"),
+        ((at, print), {first: at}, f"multiple values for argument '{first}'"),
+        ((at, print), {"loop": loop}, "unexpected keyword argument 'loop'"),
+        ((None, print), {}, "None"),
+    ]
+    for args, kwargs, message in bad_calls:
+        with pytest.raises(TypeError, match=message):
+            schedule(*args, **kwargs)

@@ -14,10 +14,41 @@ pub struct TimerHeap<T> {
     next_seq: u64,
 }
 
+/// A timer in the heap. The deadline is kept as an [`OrderedDeadline`], so that comparing two
+/// entries is two integer comparisons.
+// NOTE: comparing `f64::total_cmp` deadlines took about 100 of the 535 instructions a pop
+// spent in a heap of 200k timers (callgrind, call_later row).
 struct Entry<T> {
-    when: f64,
+    key: OrderedDeadline,
     seq: u64,
     item: T,
+}
+
+/// A deadline as an integer whose order is `f64::total_cmp`'s (NaN and infinities included),
+/// and that converts back exactly.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct OrderedDeadline(u64);
+
+impl OrderedDeadline {
+    const SIGN: u64 = 1 << 63;
+
+    fn new(when: f64) -> Self {
+        let bits = when.to_bits();
+        // Positive values sort above negative ones; negative ones in reverse of their bits.
+        Self(if bits & Self::SIGN == 0 {
+            bits | Self::SIGN
+        } else {
+            !bits
+        })
+    }
+
+    fn when(self) -> f64 {
+        f64::from_bits(if self.0 & Self::SIGN != 0 {
+            self.0 & !Self::SIGN
+        } else {
+            !self.0
+        })
+    }
 }
 
 impl<T> PartialEq for Entry<T> {
@@ -37,10 +68,7 @@ impl<T> PartialOrd for Entry<T> {
 impl<T> Ord for Entry<T> {
     /// Reversed, so that `BinaryHeap` (a max-heap) pops the earliest deadline first.
     fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .when
-            .total_cmp(&self.when)
-            .then_with(|| other.seq.cmp(&self.seq))
+        (other.key, other.seq).cmp(&(self.key, self.seq))
     }
 }
 
@@ -70,12 +98,16 @@ impl<T> TimerHeap<T> {
     pub fn push(&mut self, when: f64, item: T) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.heap.push(Entry { when, seq, item });
+        self.heap.push(Entry {
+            key: OrderedDeadline::new(when),
+            seq,
+            item,
+        });
     }
 
     /// The earliest deadline, if any timer is pending.
     pub fn next_deadline(&self) -> Option<f64> {
-        self.heap.peek().map(|entry| entry.when)
+        self.heap.peek().map(|entry| entry.key.when())
     }
 
     /// Pops the earliest timer if its deadline is at or before `now`.
@@ -83,7 +115,7 @@ impl<T> TimerHeap<T> {
     /// A timer is never handed out before its deadline: asyncio users rely on
     /// `loop.time() >= handle.when()` inside the callback.
     pub fn pop_due(&mut self, now: f64) -> Option<T> {
-        if self.heap.peek()?.when <= now {
+        if self.heap.peek()?.key.when() <= now {
             self.heap.pop().map(|entry| entry.item)
         } else {
             None
@@ -124,5 +156,37 @@ impl<T> TimerHeap<T> {
     /// Removes every timer and hands them back.
     pub fn drain(&mut self) -> Vec<T> {
         self.heap.drain().map(|entry| entry.item).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OrderedDeadline;
+
+    #[test]
+    fn ordered_deadlines_sort_as_total_cmp_and_convert_back() {
+        let values = [
+            f64::NEG_INFINITY,
+            -1e300,
+            -1.5,
+            -0.0,
+            0.0,
+            f64::MIN_POSITIVE,
+            1.0,
+            1e300,
+            f64::INFINITY,
+            f64::NAN,
+            -f64::NAN,
+        ];
+        for a in values {
+            assert_eq!(OrderedDeadline::new(a).when().to_bits(), a.to_bits());
+            for b in values {
+                assert_eq!(
+                    OrderedDeadline::new(a).cmp(&OrderedDeadline::new(b)),
+                    a.total_cmp(&b),
+                    "{a} vs {b}"
+                );
+            }
+        }
     }
 }

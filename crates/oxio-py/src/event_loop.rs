@@ -19,12 +19,12 @@ use pyo3::{intern, PyClassInitializer};
 use crate::handle::{self, Handle, TimerHandle, SPARE_HANDLES};
 use crate::sock::{Op, SockCoroutine};
 use crate::tasks;
-use call_soon::SoonArgs;
+use scheduling::CallArgs;
 
-pub(crate) use call_soon::install as install_call_soon;
+pub(crate) use scheduling::install as install_scheduling_methods;
 
-mod call_soon;
 mod iteration;
+mod scheduling;
 mod watchers;
 
 /// Token of the waker in the poller; fds use their own number as token.
@@ -204,12 +204,13 @@ impl EventLoop {
         Ok(())
     }
 
-    /// `call_soon` and `call_soon_threadsafe` (see `call_soon.rs` for how they are called).
+    /// `call_soon` and `call_soon_threadsafe` (see `scheduling.rs` for how they are called).
     fn schedule_soon<'py>(
         slf: &Bound<'py, Self>,
-        soon: SoonArgs<'_, 'py>,
+        call: CallArgs<'_, 'py, 1>,
         threadsafe: bool,
     ) -> PyResult<Bound<'py, Handle>> {
+        let [callback] = call.leading;
         let this = slf.get();
         this.check_closed()?;
         let method = if threadsafe {
@@ -217,13 +218,13 @@ impl EventLoop {
         } else {
             "call_soon"
         };
-        let traceback = Self::debug_checks(slf, &soon.callback, method, !threadsafe)?;
+        let traceback = Self::debug_checks(slf, &callback, method, !threadsafe)?;
         let fields = Handle::create(
             slf.py(),
-            soon.callback.to_owned().unbind(),
-            soon.args.unbind(),
+            callback.to_owned().unbind(),
+            call.args.unbind(),
             slf.clone().into_any().unbind(),
-            soon.context.map(|ctx| ctx.to_owned().unbind()),
+            call.context.map(|ctx| ctx.to_owned().unbind()),
             traceback,
         )?;
         let handle = this.schedule_new(slf.py(), fields)?;
@@ -303,17 +304,23 @@ impl EventLoop {
         }
     }
 
-    fn call_at_impl(
-        slf: &Bound<'_, Self>,
-        when: f64,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<TimerHandle>> {
+    /// `call_later` (`absolute` false) and `call_at` (see `scheduling.rs`).
+    fn schedule_timer<'py>(
+        slf: &Bound<'py, Self>,
+        call: CallArgs<'_, 'py, 2>,
+        absolute: bool,
+    ) -> PyResult<Bound<'py, TimerHandle>> {
+        let [time, callback] = call.leading;
+        let when = if absolute {
+            seconds(&time, "when cannot be None")?
+        } else {
+            monotonic() + seconds(&time, "delay must not be None")?
+        };
         let this = slf.get();
         this.check_closed()?;
-        let traceback = Self::debug_checks(slf, callback, "call_at", true)?;
-        let base = Self::new_handle(slf, callback, args, context, traceback)?;
+        let traceback = Self::debug_checks(slf, &callback, "call_at", true)?;
+        let context = call.context.map(|ctx| ctx.to_owned());
+        let base = Self::new_handle(slf, &callback, &call.args, context, traceback)?;
         let init = PyClassInitializer::from(base).add_subclass(TimerHandle::create(when));
         let timer = Bound::new(slf.py(), init)?;
         let mut core = this.core();
@@ -324,7 +331,7 @@ impl EventLoop {
             handle::untrack(timer.as_super());
         }
         core.timers.push(when, timer.clone().unbind());
-        Ok(timer.unbind())
+        Ok(timer)
     }
 }
 
@@ -374,30 +381,6 @@ impl EventLoop {
     /// `time.monotonic()`, the loop's clock.
     fn time(&self) -> f64 {
         monotonic()
-    }
-
-    #[pyo3(signature = (delay, callback, *args, context=None))]
-    fn call_later(
-        slf: &Bound<'_, Self>,
-        delay: &Bound<'_, PyAny>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<TimerHandle>> {
-        let delay = seconds(delay, "delay must not be None")?;
-        Self::call_at_impl(slf, monotonic() + delay, callback, args, context)
-    }
-
-    #[pyo3(signature = (when, callback, *args, context=None))]
-    fn call_at(
-        slf: &Bound<'_, Self>,
-        when: &Bound<'_, PyAny>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<TimerHandle>> {
-        let when = seconds(when, "when cannot be None")?;
-        Self::call_at_impl(slf, when, callback, args, context)
     }
 
     fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {

@@ -1,0 +1,328 @@
+//! `call_soon`, `call_soon_threadsafe`, `call_later` and `call_at` as raw
+//! `METH_FASTCALL | METH_KEYWORDS` methods.
+//!
+//! Every task step and every future's done callback is a `call_soon(callback, arg,
+//! context=ctx)`, and timeouts are `call_later`s. pyo3's general argument parser for
+//! `(callback, *args, context=None)` cost more than taking a handle and queueing it; these
+//! methods read the vectorcall array directly, with asyncio's signatures and errors.
+// NOTE: pyo3's entry (trampoline, argument parser, wrapper) took about 240 of the 1897
+// instructions per callback of the call_soon row (callgrind).
+
+use std::ffi::CStr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::panic::PanicException;
+use pyo3::prelude::*;
+use pyo3::types::{PyString, PyTuple};
+use pyo3::PyTypeInfo;
+
+use super::EventLoop;
+
+/// The arguments of `name(p1, ..., pN, *args, context=None)`, as asyncio's scheduling
+/// methods take them: the `N` leading parameters positionally or by keyword.
+///
+/// The leading arguments and the context are borrowed from the caller's argument array: the
+/// handle takes its own references to them.
+pub(super) struct CallArgs<'a, 'py, const N: usize> {
+    pub leading: [Borrowed<'a, 'py, PyAny>; N],
+    pub args: Bound<'py, PyTuple>,
+    pub context: Option<Borrowed<'a, 'py, PyAny>>,
+}
+
+impl<'a, 'py, const N: usize> CallArgs<'a, 'py, N> {
+    /// Reads the arguments of a vectorcall of the method `name`, whose leading parameters
+    /// are `params`.
+    ///
+    /// # Safety
+    /// `args` holds `nargs` positional arguments followed by one value per name in `kwnames`
+    /// (NULL when there are none), all borrowed references alive for the call.
+    unsafe fn parse(
+        py: Python<'py>,
+        name: &str,
+        params: [&str; N],
+        args: *const *mut ffi::PyObject,
+        nargs: usize,
+        kwnames: *mut ffi::PyObject,
+    ) -> PyResult<Self> {
+        // SAFETY: the caller guarantees `args` and `kwnames` as documented above.
+        let arg = |i: usize| unsafe { Borrowed::from_ptr(py, *args.add(i)) };
+        let mut leading: [Option<Borrowed<'a, 'py, PyAny>>; N] = [None; N];
+        for (i, slot) in leading.iter_mut().enumerate().take(nargs) {
+            *slot = Some(arg(i));
+        }
+        let mut context = None;
+        if !kwnames.is_null() {
+            // SAFETY: a non-NULL `kwnames` is a tuple of strings (see above).
+            let names = unsafe { Borrowed::from_ptr(py, kwnames).cast_unchecked::<PyTuple>() };
+            for (i, keyword) in names.iter_borrowed().enumerate() {
+                let value = arg(nargs + i);
+                if keyword.is(intern!(py, "context")) || keyword_is(&keyword, "context") {
+                    context = Some(value);
+                    continue;
+                }
+                let Some(param) = params.iter().position(|p| keyword_is(&keyword, p)) else {
+                    return Err(PyTypeError::new_err(format!(
+                        "{name}() got an unexpected keyword argument '{}'",
+                        *keyword
+                    )));
+                };
+                if leading[param].replace(value).is_some() {
+                    return Err(PyTypeError::new_err(format!(
+                        "{name}() got multiple values for argument '{}'",
+                        params[param]
+                    )));
+                }
+            }
+        }
+        let missing: Vec<String> = (0..N)
+            .filter(|&i| leading[i].is_none())
+            .map(|i| format!("'{}'", params[i]))
+            .collect();
+        if !missing.is_empty() {
+            return Err(missing_arguments(name, &missing));
+        }
+        Ok(Self {
+            leading: leading.map(|slot| slot.expect("every parameter was checked above")),
+            // SAFETY: as for `arg`, the positional arguments after the leading ones.
+            args: unsafe { positional_tuple(py, args.add(N.min(nargs)), nargs.saturating_sub(N)) }?,
+            context: context.filter(|ctx| !ctx.is_none()),
+        })
+    }
+}
+
+/// Python's `TypeError` for missing arguments: "missing 2 required positional arguments:
+/// 'delay' and 'callback'".
+fn missing_arguments(name: &str, missing: &[String]) -> PyErr {
+    let (count, plural) = (missing.len(), if missing.len() == 1 { "" } else { "s" });
+    let listed = match missing.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    PyTypeError::new_err(format!(
+        "{name}() missing {count} required positional argument{plural}: {listed}"
+    ))
+}
+
+/// Whether a keyword argument's name is `expected` (CPython passes names as `str`s).
+fn keyword_is(keyword: &Bound<'_, PyAny>, expected: &str) -> bool {
+    keyword
+        .cast::<PyString>()
+        .is_ok_and(|name| name.to_str().is_ok_and(|name| name == expected))
+}
+
+/// A tuple of the `len` objects at `items`.
+///
+/// # Safety
+/// `items` points to `len` borrowed references.
+unsafe fn positional_tuple<'py>(
+    py: Python<'py>,
+    items: *const *mut ffi::PyObject,
+    len: usize,
+) -> PyResult<Bound<'py, PyTuple>> {
+    if len == 0 {
+        return Ok(PyTuple::empty(py));
+    }
+    let size =
+        ffi::Py_ssize_t::try_from(len).map_err(|_| PyValueError::new_err("too many arguments"))?;
+    // SAFETY: the interpreter is attached; a NULL result sets the error fetched below.
+    let tuple = unsafe { ffi::PyTuple_New(size) };
+    if tuple.is_null() {
+        return Err(PyErr::fetch(py));
+    }
+    for i in 0..len {
+        // SAFETY: `items` holds `len` live objects (see above); the new tuple takes a strong
+        // reference to each, in a slot it has not filled yet.
+        unsafe {
+            let item = *items.add(i);
+            ffi::Py_INCREF(item);
+            ffi::PyTuple_SET_ITEM(tuple, i as ffi::Py_ssize_t, item);
+        }
+    }
+    // SAFETY: `tuple` is a new, fully initialised tuple we own.
+    Ok(unsafe { Bound::from_owned_ptr(py, tuple).cast_into_unchecked() })
+}
+
+/// The four methods.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Soon,
+    SoonThreadsafe,
+    Later,
+    At,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Soon => "call_soon",
+            Self::SoonThreadsafe => "call_soon_threadsafe",
+            Self::Later => "call_later",
+            Self::At => "call_at",
+        }
+    }
+
+    /// Parses the arguments and schedules the handle the method returns.
+    ///
+    /// # Safety
+    /// As [`CallArgs::parse`].
+    unsafe fn call<'py>(
+        self,
+        slf: &Bound<'py, EventLoop>,
+        args: *const *mut ffi::PyObject,
+        nargs: usize,
+        kwnames: *mut ffi::PyObject,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (py, name) = (slf.py(), self.name());
+        Ok(match self {
+            Self::Soon | Self::SoonThreadsafe => {
+                // SAFETY: the caller's guarantee, passed on.
+                let call =
+                    unsafe { CallArgs::parse(py, name, ["callback"], args, nargs, kwnames) }?;
+                EventLoop::schedule_soon(slf, call, self == Self::SoonThreadsafe)?.into_any()
+            }
+            Self::Later => {
+                // SAFETY: as above.
+                let call = unsafe {
+                    CallArgs::parse(py, name, ["delay", "callback"], args, nargs, kwnames)
+                }?;
+                EventLoop::schedule_timer(slf, call, false)?.into_any()
+            }
+            Self::At => {
+                // SAFETY: as above.
+                let call = unsafe {
+                    CallArgs::parse(py, name, ["when", "callback"], args, nargs, kwnames)
+                }?;
+                EventLoop::schedule_timer(slf, call, true)?.into_any()
+            }
+        })
+    }
+}
+
+/// What the methods share: parse, schedule, and turn the outcome into what CPython expects
+/// of a method (a new reference, or NULL with the exception set). A panic becomes a
+/// `PanicException` instead of unwinding into the interpreter.
+///
+/// # Safety
+/// CPython calls the methods with the interpreter attached, `slf` an `EventLoop` (the method
+/// descriptor checks it), and `args`, `nargs`, `kwnames` as [`CallArgs::parse`] requires.
+unsafe fn enter(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+    method: Method,
+) -> *mut ffi::PyObject {
+    // SAFETY: see above.
+    let py = unsafe { Python::assume_attached() };
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: see above; `slf` is borrowed for the duration of the call.
+        let slf = unsafe { Borrowed::from_ptr(py, slf).cast_unchecked::<EventLoop>() };
+        let nargs = usize::try_from(nargs).unwrap_or(0);
+        // SAFETY: see above.
+        unsafe { method.call(&slf, args, nargs, kwnames) }
+    }));
+    match outcome {
+        Ok(Ok(handle)) => handle.into_ptr(),
+        Ok(Err(err)) => {
+            err.restore(py);
+            ptr::null_mut()
+        }
+        Err(_) => {
+            PanicException::new_err(format!("panic in {}()", method.name())).restore(py);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// Defines the `extern "C"` entry of one method.
+macro_rules! entry {
+    ($entry:ident, $method:expr) => {
+        unsafe extern "C" fn $entry(
+            slf: *mut ffi::PyObject,
+            args: *const *mut ffi::PyObject,
+            nargs: ffi::Py_ssize_t,
+            kwnames: *mut ffi::PyObject,
+        ) -> *mut ffi::PyObject {
+            // SAFETY: CPython calls a METH_FASTCALL | METH_KEYWORDS method as `enter` requires.
+            unsafe { enter(slf, args, nargs, kwnames, $method) }
+        }
+    };
+}
+
+entry!(call_soon, Method::Soon);
+entry!(call_soon_threadsafe, Method::SoonThreadsafe);
+entry!(call_later, Method::Later);
+entry!(call_at, Method::At);
+
+/// A method definition CPython keeps a pointer to for the life of the process.
+struct MethodDef(ffi::PyMethodDef);
+
+// SAFETY: CPython only reads a method definition, and these hold pointers to static data.
+unsafe impl Sync for MethodDef {}
+
+impl MethodDef {
+    const fn new(
+        name: &'static CStr,
+        entry: ffi::PyCFunctionFastWithKeywords,
+        doc: &'static CStr,
+    ) -> Self {
+        Self(ffi::PyMethodDef {
+            ml_name: name.as_ptr(),
+            ml_meth: ffi::PyMethodDefPointer {
+                PyCFunctionFastWithKeywords: entry,
+            },
+            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+            ml_doc: doc.as_ptr(),
+        })
+    }
+}
+
+static METHODS: [MethodDef; 4] = [
+    MethodDef::new(
+        c"call_soon",
+        call_soon,
+        c"call_soon($self, callback, *args, context=None)\n--\n\nArrange for a callback to be called as soon as possible.",
+    ),
+    MethodDef::new(
+        c"call_soon_threadsafe",
+        call_soon_threadsafe,
+        c"call_soon_threadsafe($self, callback, *args, context=None)\n--\n\nLike call_soon(), but thread-safe.",
+    ),
+    MethodDef::new(
+        c"call_later",
+        call_later,
+        c"call_later($self, delay, callback, *args, context=None)\n--\n\nArrange for a callback to be called at a given time.",
+    ),
+    MethodDef::new(
+        c"call_at",
+        call_at,
+        c"call_at($self, when, callback, *args, context=None)\n--\n\nLike call_later(), but uses an absolute time.",
+    ),
+];
+
+/// Adds the methods to `EventLoop`, once, at module initialisation.
+pub(crate) fn install(py: Python<'_>) -> PyResult<()> {
+    let class = EventLoop::type_object(py);
+    for def in &METHODS {
+        // SAFETY: the interpreter is attached; `def` is static, and CPython never writes
+        // through the pointer it keeps.
+        let descriptor = unsafe {
+            ffi::PyDescr_NewMethod(class.as_type_ptr(), ptr::from_ref(&def.0).cast_mut())
+        };
+        if descriptor.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        // SAFETY: a new reference we own.
+        let descriptor = unsafe { Bound::from_owned_ptr(py, descriptor) };
+        let name = descriptor
+            .getattr(intern!(py, "__name__"))?
+            .cast_into::<PyString>()?;
+        class.setattr(name, descriptor)?;
+    }
+    Ok(())
+}
