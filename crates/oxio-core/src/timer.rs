@@ -24,15 +24,22 @@ struct Entry<T> {
     item: T,
 }
 
-/// A deadline as an integer whose order is `f64::total_cmp`'s (NaN and infinities included),
-/// and that converts back exactly.
+/// A deadline as an integer in the deadlines' order, infinities included, that converts back
+/// exactly. A NaN deadline comes before all others and is always due: asyncio's `_run_once`
+/// runs a timer unless `when >= end_time`, which a NaN never is.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct OrderedDeadline(u64);
 
 impl OrderedDeadline {
     const SIGN: u64 = 1 << 63;
+    /// Below every number's key (those of -0.0 and -inf are above it), and converts back to a
+    /// NaN.
+    const NAN: Self = Self(0);
 
     fn new(when: f64) -> Self {
+        if when.is_nan() {
+            return Self::NAN;
+        }
         let bits = when.to_bits();
         // Positive values sort above negative ones; negative ones in reverse of their bits.
         Self(if bits & Self::SIGN == 0 {
@@ -110,12 +117,13 @@ impl<T> TimerHeap<T> {
         self.heap.peek().map(|entry| entry.key.when())
     }
 
-    /// Pops the earliest timer if its deadline is at or before `now`.
+    /// Pops the earliest timer if its deadline is at or before `now` (or NaN).
     ///
     /// A timer is never handed out before its deadline: asyncio users rely on
     /// `loop.time() >= handle.when()` inside the callback.
     pub fn pop_due(&mut self, now: f64) -> Option<T> {
-        if self.heap.peek()?.key.when() <= now {
+        let when = self.heap.peek()?.key.when();
+        if when <= now || when.is_nan() {
             self.heap.pop().map(|entry| entry.item)
         } else {
             None
@@ -164,8 +172,8 @@ mod tests {
     use super::OrderedDeadline;
 
     #[test]
-    fn ordered_deadlines_sort_as_total_cmp_and_convert_back() {
-        let values = [
+    fn ordered_deadlines_sort_as_numbers_with_nan_first_and_convert_back() {
+        let numbers = [
             f64::NEG_INFINITY,
             -1e300,
             -1.5,
@@ -175,12 +183,12 @@ mod tests {
             1.0,
             1e300,
             f64::INFINITY,
-            f64::NAN,
-            -f64::NAN,
         ];
-        for a in values {
+        for a in numbers {
             assert_eq!(OrderedDeadline::new(a).when().to_bits(), a.to_bits());
-            for b in values {
+            assert!(OrderedDeadline::new(f64::NAN) < OrderedDeadline::new(a));
+            assert!(OrderedDeadline::new(-f64::NAN) < OrderedDeadline::new(a));
+            for b in numbers {
                 assert_eq!(
                     OrderedDeadline::new(a).cmp(&OrderedDeadline::new(b)),
                     a.total_cmp(&b),
@@ -188,5 +196,6 @@ mod tests {
                 );
             }
         }
+        assert!(OrderedDeadline::new(f64::NAN).when().is_nan());
     }
 }
