@@ -219,14 +219,8 @@ impl EventLoop {
             "call_soon"
         };
         let traceback = Self::debug_checks(slf, &callback, method, !threadsafe)?;
-        let fields = Handle::create(
-            slf.py(),
-            callback.to_owned().unbind(),
-            call.args.unbind(),
-            slf.clone().into_any().unbind(),
-            call.context.map(|ctx| ctx.to_owned().unbind()),
-            traceback,
-        )?;
+        let context = call.context.map(|ctx| ctx.to_owned());
+        let fields = Self::new_handle(slf, &callback, &call.args, context, traceback)?;
         let handle = this.schedule_new(slf.py(), fields)?;
         // The loop's own thread is not blocked in a poll, so it needs no wake-up.
         if threadsafe && this.thread_id.load(Ordering::Relaxed) != current_thread_id() {
