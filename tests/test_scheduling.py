@@ -90,6 +90,35 @@ def test_timer_order_by_deadline(loop):
     assert seen == [1, 2, 3]
 
 
+def test_a_long_batch_of_timers_runs_in_deadline_order_without_the_cancelled(loop):
+    # All due at once, scheduled out of order: one batch far longer than oxio's prefetch
+    # distance. Every third is cancelled up front; every fifth to run cancels the next one,
+    # which is then already in the same batch.
+    count = 3000
+    base = loop.time() - 1
+    ranks = [i * 7919 % count for i in range(count)]
+    seen = []
+    timers = {}
+
+    def fire(rank):
+        seen.append(rank)
+        if rank % 5 == 0 and rank + 1 in timers:
+            timers[rank + 1].cancel()
+
+    for rank in ranks:
+        timers[rank] = loop.call_at(base + rank * 1e-6, fire, rank)
+    for rank in range(0, count, 3):
+        timers[rank].cancel()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    expected = []
+    for rank in range(count):
+        if rank % 3 == 0 or (rank - 1 in expected[-1:] and (rank - 1) % 5 == 0):
+            continue
+        expected.append(rank)
+    assert seen == expected
+    assert all(not timer._scheduled for timer in timers.values())
+
+
 def test_time_is_monotonic_with_sub_millisecond_resolution(loop):
     a = loop.time()
     assert abs(a - time.monotonic()) < 0.01

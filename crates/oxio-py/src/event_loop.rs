@@ -16,7 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{intern, PyClassInitializer};
 
-use crate::handle::{self, Handle, TimerHandle, SPARE_HANDLES};
+use crate::handle::{self, prefetch, Handle, TimerHandle, SPARE_HANDLES};
 use crate::sock::{Op, SockCoroutine};
 use crate::tasks;
 use scheduling::CallArgs;
@@ -70,6 +70,8 @@ struct IterationBuffers {
     /// The handles the last batch emptied for reuse, handed to `Core::spare_handles` when the
     /// next iteration takes the lock.
     recycled: Vec<Py<Handle>>,
+    /// The timers phase 4 takes out of the heap, before it looks at them.
+    due_timers: Vec<Py<TimerHandle>>,
 }
 
 impl IterationBuffers {
@@ -78,6 +80,7 @@ impl IterationBuffers {
             events: Events::with_capacity(EVENTS_CAPACITY),
             spare_ready: VecDeque::new(),
             recycled: Vec::new(),
+            due_timers: Vec::new(),
         }
     }
 }
@@ -277,10 +280,14 @@ impl EventLoop {
     }
 
     fn release_all(py: Python<'_>, handles: Vec<Py<Handle>>, timers: Vec<Py<TimerHandle>>) {
-        for handle in handles {
+        let mut handles = handles.into_iter();
+        while let Some(handle) = handles.next() {
+            prefetch::ahead(py, |i| handles.as_slice().get(i));
             handle::release(handle.into_bound(py));
         }
-        for timer in timers {
+        let mut timers = timers.into_iter();
+        while let Some(timer) = timers.next() {
+            prefetch::ahead(py, |i| timers.as_slice().get(i));
             handle::release(timer.into_bound(py).into_super());
         }
     }

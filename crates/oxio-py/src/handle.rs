@@ -13,6 +13,7 @@ use crate::context;
 use crate::stdlib;
 
 mod lifecycle;
+pub mod prefetch;
 
 use lifecycle::{is_tracked, set_tracked};
 pub use lifecycle::{recycle, refill, release, track, untrack, SPARE_HANDLES};

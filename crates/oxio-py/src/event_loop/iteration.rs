@@ -12,7 +12,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 
 use super::{closed_error, Core, EventLoop, IterationBuffers, WAKER_TOKEN};
-use crate::handle::{self, Handle, TimerHandle, SPARE_HANDLES};
+use crate::handle::{self, prefetch, Handle, TimerHandle, SPARE_HANDLES};
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: never sleep longer than a day in one poll.
 const MAX_POLL_TIMEOUT: f64 = 24.0 * 3600.0;
@@ -151,12 +151,27 @@ impl EventLoop {
     }
 
     /// Phase 4: move due timers to the ready queue, earliest first.
-    fn collect_due_timers(py: Python<'_>, core: &mut Core, garbage: &mut Vec<Py<TimerHandle>>) {
+    ///
+    /// The heap is emptied of them first, and the timers are only touched afterwards, with the
+    /// next ones prefetched: a long heap's timers have left the cache (see `handle::prefetch`).
+    fn collect_due_timers(
+        py: Python<'_>,
+        core: &mut Core,
+        due: &mut Vec<Py<TimerHandle>>,
+        garbage: &mut Vec<Py<TimerHandle>>,
+    ) {
         if core.timers.is_empty() {
             return;
         }
         let now = monotonic();
         while let Some(timer) = core.timers.pop_due(now) {
+            due.push(timer);
+        }
+        let mut due = due.drain(..);
+        while let Some(timer) = due.next() {
+            if let Some(next) = due.as_slice().get(prefetch::AHEAD - 1) {
+                prefetch::handle(next);
+            }
             let cancelled = {
                 let mut t = timer.borrow_mut(py);
                 t.scheduled = false;
@@ -183,7 +198,11 @@ impl EventLoop {
         let this = slf.get();
         let debug = this.is_debug();
         let mut result = Ok(());
+        let cold = batch.len() >= prefetch::LONG_BATCH;
         while let Some(handle) = batch.pop_front() {
+            if cold {
+                prefetch::ahead(py, |i| batch.get(i));
+            }
             let handle = handle.into_bound(py);
             result = if debug {
                 Self::run_timed(slf, py, &handle)
@@ -288,7 +307,7 @@ impl EventLoop {
             None => buffers.events.clear(),
         }
         Self::dispatch_events(py, &mut core, &buffers.events, dead_handles);
-        Self::collect_due_timers(py, &mut core, dead_timers);
+        Self::collect_due_timers(py, &mut core, &mut buffers.due_timers, dead_timers);
         let mut batch = std::mem::take(&mut buffers.spare_ready);
         std::mem::swap(&mut batch, &mut core.ready);
         Ok(batch)
