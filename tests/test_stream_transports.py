@@ -1,6 +1,7 @@
 """Stream transports (TCP and Unix) over real sockets: the asyncio.Transport API, flow control,
 ordering on close, half-close and errors. Each test runs on the stdlib loop and on oxio."""
 
+import array
 import asyncio
 import random
 import socket
@@ -326,6 +327,85 @@ def test_buffered_protocol_receives_into_its_buffer(loop, run):
         assert max(protocol.sizes) <= 7
 
     run(main())
+
+
+def test_buffered_protocol_receives_into_any_writable_buffer_format(loop, run):
+    class IntArray(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.buffer = array.array("i", [0] * 4)
+            self.received = bytearray()
+            self.done = loop.create_future()
+
+        def get_buffer(self, sizehint):
+            return self.buffer
+
+        def buffer_updated(self, nbytes):
+            # nbytes counts bytes, not items.
+            self.received += self.buffer.tobytes()[:nbytes]
+
+        def connection_lost(self, exc):
+            self.done.set_result(exc)
+
+    async def main():
+        ours, peer = socket.socketpair()
+        transport, protocol = await loop.connect_accepted_socket(IntArray, ours)
+        peer.sendall(b"0123456789abcdefghij")
+        peer.close()
+        assert await protocol.done is None
+        assert protocol.received == b"0123456789abcdefghij"
+
+    run(main())
+
+
+def _raise_value_error():
+    raise ValueError("no buffer today")
+
+
+@pytest.mark.parametrize(
+    ("make_buffer", "error", "message"),
+    [
+        (lambda: bytearray(), RuntimeError, "Fatal error: protocol.get_buffer() call failed."),
+        (lambda: 42, TypeError, "Fatal error: protocol.get_buffer() call failed."),
+        (_raise_value_error, ValueError, "Fatal error: protocol.get_buffer() call failed."),
+        (lambda: b"read-only", TypeError, "Fatal read error on socket transport"),
+        (lambda: [1, 2, 3], TypeError, "Fatal read error on socket transport"),
+        (
+            lambda: memoryview(bytearray(8))[::2],
+            TypeError,
+            "Fatal read error on socket transport",
+        ),
+    ],
+    ids=["empty", "no-len", "raises", "read-only", "not-a-buffer", "not-contiguous"],
+)
+def test_a_bad_get_buffer_fails_the_connection_as_asyncio_does(
+    loop, run, loop_errors, make_buffer, error, message
+):
+    class Bad(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.done = loop.create_future()
+
+        def get_buffer(self, sizehint):
+            return make_buffer()
+
+        def buffer_updated(self, nbytes):
+            raise AssertionError("nothing can have been received")
+
+        def connection_lost(self, exc):
+            self.done.set_result(exc)
+
+    async def main():
+        ours, peer = socket.socketpair()
+        _, protocol = await loop.connect_accepted_socket(Bad, ours)
+        peer.sendall(b"data")
+        exc = await protocol.done
+        peer.close()
+        return exc
+
+    exc = run(main())
+    assert type(exc) is error
+    (context,) = loop_errors.expect(1)
+    assert context["message"] == message
+    assert context["exception"] is exc
 
 
 def test_set_protocol_switches_receiver(loop, run):

@@ -7,13 +7,13 @@
 use std::io;
 use std::os::fd::RawFd;
 
-use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyMemoryView, PySlice, PyString, PyTuple};
 use pyo3::{ffi, intern};
 
+use crate::buffer;
 use crate::stdlib;
 use crate::transport::{recv_bytes, READ_SIZE};
 use oxio_core::transport::stream::{recv_nowait, send_nowait};
@@ -226,23 +226,18 @@ fn recv_into(sock: &Bound<'_, PyAny>, buf: &Bound<'_, PyAny>) -> PyResult<Attemp
     let py = sock.py();
     let name = intern!(py, "recv_into");
     if let Some(fd) = plain_socket_fd(sock, name, &NATIVE_RECV_INTO)? {
-        if let Ok(buffer) = PyBuffer::<u8>::get(buf) {
-            // An empty buffer goes to the method, as a size of 0 does in `recv`.
-            let len = buffer.item_count();
-            if !buffer.readonly() && buffer.is_c_contiguous() && len > 0 {
-                // SAFETY: the buffer is writable, C-contiguous and `len` bytes long, so its
-                // pointer is valid for that many bytes; holding the export (`buffer`) keeps the
-                // exporter from resizing it, and no Python code runs until the slice is gone.
-                let slice =
-                    unsafe { std::slice::from_raw_parts_mut(buffer.buf_ptr().cast::<u8>(), len) };
-                let result = recv_nowait(fd, slice);
-                drop(buffer);
-                let result = result.map(|got| got.into_pyobject(py).map(|n| n.into_any().unbind()));
-                return match result {
-                    Ok(converted) => Ok(Attempt::Done(converted?)),
-                    Err(err) => os_attempt(py, fd, Err(err)),
-                };
-            }
+        // Anything but a writable, contiguous, non-empty buffer goes to the method: it raises
+        // what CPython raises, and an empty buffer returns 0 there, as a size of 0 does in
+        // `recv`.
+        let native = buffer::with_contiguous_mut(buf, |target| {
+            (!target.is_empty()).then(|| recv_nowait(fd, target))
+        });
+        if let Ok(Ok(Some(result))) = native {
+            let result = result.map(|got| got.into_pyobject(py).map(|n| n.into_any().unbind()));
+            return match result {
+                Ok(converted) => Ok(Attempt::Done(converted?)),
+                Err(err) => os_attempt(py, fd, Err(err)),
+            };
         }
     }
     call(sock, name, (buf,)).map(Attempt::Done)
@@ -253,19 +248,7 @@ fn with_contiguous<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> Op
     if let Ok(bytes) = data.cast::<PyBytes>() {
         return Some(f(bytes.as_bytes()));
     }
-    let buffer = PyBuffer::<u8>::get(data).ok()?;
-    if !buffer.is_c_contiguous() {
-        return None;
-    }
-    let len = buffer.item_count();
-    if len == 0 {
-        return Some(f(&[]));
-    }
-    // SAFETY: the buffer is C-contiguous and `len` bytes long, so its pointer is valid for that
-    // many bytes; the export (`buffer`, dropped after `f`) keeps the exporter from resizing it,
-    // and `f` runs no Python code.
-    let slice = unsafe { std::slice::from_raw_parts(buffer.buf_ptr().cast::<u8>(), len) };
-    Some(f(slice))
+    buffer::with_contiguous(data, f).ok()?.ok()
 }
 
 /// One step of `sock_sendall`: send what is left; done once every byte is sent.

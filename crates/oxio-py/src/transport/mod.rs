@@ -51,7 +51,6 @@ pub(crate) mod stream;
 use std::io;
 use std::os::fd::RawFd;
 
-use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PySystemExit, PyTypeError, PyValueError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
@@ -77,27 +76,15 @@ pub(crate) fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R)
         return Ok(f(bytes.as_bytes()));
     }
     if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
-        let buffer = match PyBuffer::<u8>::get(data) {
-            Ok(buffer) if buffer.is_c_contiguous() => buffer,
-            // Another item format, or not contiguous: its raw bytes, as `bytes(view)` has them.
-            _ => {
-                let copy = data.py().get_type::<PyBytes>().call1((data,))?;
-                return Ok(f(copy.cast::<PyBytes>()?.as_bytes()));
-            }
+        // A view that is not contiguous: its bytes in order, as `bytes(view)` has them. `f`
+        // may run Python code, which may change the bytes in place; whatever a transport
+        // keeps of them, it copies.
+        let f = match crate::buffer::with_contiguous(data, f)? {
+            Ok(result) => return Ok(result),
+            Err(f) => f,
         };
-        if buffer.item_count() == 0 {
-            return Ok(f(&[]));
-        }
-        // SAFETY: the buffer is C-contiguous, non-empty (so its pointer is not NULL) and
-        // `item_count()` bytes long; holding the export (`buffer`, dropped after `f`) forbids
-        // resizing the exporter, so the memory stays valid even if `f` runs Python code, which
-        // may still change the bytes in place; whatever a transport keeps of them, it copies.
-        let view = unsafe {
-            std::slice::from_raw_parts(buffer.buf_ptr().cast::<u8>(), buffer.item_count())
-        };
-        let result = f(view);
-        drop(buffer);
-        return Ok(result);
+        let copy = data.py().get_type::<PyBytes>().call1((data,))?;
+        return Ok(f(copy.cast::<PyBytes>()?.as_bytes()));
     }
     Err(PyTypeError::new_err(format!(
         "data argument must be a bytes-like object, not {:?}",

@@ -8,12 +8,12 @@ use std::io;
 
 use oxio_core::transport::stream::{recv, send, shutdown_write};
 use oxio_core::WriteQueue;
-use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyConnectionError, PyOSError, PyRuntimeError, PyTypeError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
 
+use crate::buffer;
 use crate::tls::TlsProtocol;
 use crate::transport::{
     self, add_writer, is_buffered_protocol, is_exit, maybe_pause_protocol, maybe_resume_protocol,
@@ -163,39 +163,39 @@ impl StreamCore {
         }
     }
 
+    /// asyncio's `_read_ready__get_buffer`: `get_buffer(-1)`, `recv_into` it, then
+    /// `buffer_updated(n)`, each step failing as asyncio's does.
     fn read_into_buffer(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let buffer = protocol
             .call_method1(intern!(py, "get_buffer"), (-1,))
-            .and_then(|obj| {
-                let buffer = PyBuffer::<u8>::get(&obj)?;
-                if buffer.item_count() == 0 {
-                    return Err(PyRuntimeError::new_err(
-                        "get_buffer() returned an empty buffer",
-                    ));
-                }
-                if buffer.readonly() || !buffer.is_c_contiguous() {
-                    return Err(PyTypeError::new_err(
-                        "get_buffer() must return a writable, contiguous buffer",
-                    ));
-                }
-                Ok(buffer)
+            .and_then(|obj| match obj.len()? {
+                0 => Err(PyRuntimeError::new_err(
+                    "get_buffer() returned an empty buffer",
+                )),
+                _ => Ok(obj),
             });
-        let message = "Fatal error: protocol.get_buffer() call failed.";
         let buffer = match buffer {
             Ok(buffer) => buffer,
             Err(err) if is_exit(py, &err) => return Err(err),
-            Err(err) => return Self::fatal_error(slf, err, message),
+            Err(err) => {
+                let message = "Fatal error: protocol.get_buffer() call failed.";
+                return Self::fatal_error(slf, err, message);
+            }
         };
+        // Read after get_buffer(), which may have closed the transport.
         let fd = slf.borrow().wiring.fd;
-        // SAFETY: the buffer is writable, C-contiguous and `item_count()` bytes long, and
-        // `buffer` keeps the exporting object alive and its memory pinned until it is dropped
-        // after this call; no Python code runs while the slice exists.
-        let target = unsafe {
-            std::slice::from_raw_parts_mut(buffer.buf_ptr().cast::<u8>(), buffer.item_count())
+        let received = match buffer::with_contiguous_mut(&buffer, |target| recv(fd, target)) {
+            Ok(Ok(received)) => received,
+            // What `socket.recv_into` raises for it.
+            Ok(Err(_)) | Err(_) => {
+                let err = PyTypeError::new_err(format!(
+                    "recv_into() argument 1 must be read-write bytes-like object, not {}",
+                    buffer.get_type().name()?
+                ));
+                return Self::fatal_error(slf, err, "Fatal read error on socket transport");
+            }
         };
-        let received = recv(fd, target);
-        drop(buffer);
         match received {
             Err(err) => Self::read_failed(slf, err),
             Ok(0) => Self::on_eof(slf, protocol),
