@@ -279,6 +279,7 @@ impl EventLoop {
         (handles, core.timers.drain())
     }
 
+    #[inline(never)]
     fn release_all(py: Python<'_>, handles: Vec<Py<Handle>>, timers: Vec<Py<TimerHandle>>) {
         let mut handles = handles.into_iter();
         while let Some(handle) = handles.next() {

@@ -200,6 +200,7 @@ pub fn run(py: Python<'_>, handle: &Bound<'_, Handle>) -> PyResult<()> {
     }
 }
 
+#[cold]
 fn report_callback_error(
     py: Python<'_>,
     handle: &Bound<'_, Handle>,

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use oxio_core::{monotonic, Events, Poller};
+use oxio_core::{monotonic, Events, Poller, TimerHeap};
 use pyo3::intern;
 use pyo3::prelude::*;
 
@@ -46,13 +46,7 @@ impl EventLoop {
         if core.timers.len() > MIN_TIMERS_TO_COMPACT
             && core.cancelled_timers * 2 > core.timers.len()
         {
-            garbage.extend(
-                core.timers
-                    .retain(|t| !t.borrow(py).as_super().is_cancelled()),
-            );
-            for timer in garbage.iter() {
-                timer.borrow_mut(py).scheduled = false;
-            }
+            Self::compact_timers(py, &mut core.timers, garbage);
             core.cancelled_timers = 0;
         } else {
             while let Some(timer) = core
@@ -82,6 +76,20 @@ impl EventLoop {
         })
     }
 
+    /// Rebuilds the heap without its cancelled timers, which join `garbage`.
+    #[inline(never)]
+    fn compact_timers(
+        py: Python<'_>,
+        timers: &mut TimerHeap<Py<TimerHandle>>,
+        garbage: &mut Vec<Py<TimerHandle>>,
+    ) {
+        let first = garbage.len();
+        garbage.extend(timers.retain(|t| !t.borrow(py).as_super().is_cancelled()));
+        for timer in &garbage[first..] {
+            timer.borrow_mut(py).scheduled = false;
+        }
+    }
+
     /// Phase 2: wait for I/O, with the interpreter detached whenever the wait can block.
     fn poll(
         py: Python<'_>,
@@ -109,6 +117,7 @@ impl EventLoop {
     }
 
     /// Phase 3: turn readiness into ready callbacks; cancelled watchers are unregistered.
+    #[inline(never)]
     fn dispatch_events(
         py: Python<'_>,
         core: &mut Core,
@@ -154,15 +163,13 @@ impl EventLoop {
     ///
     /// The heap is emptied of them first, and the timers are only touched afterwards, with the
     /// next ones prefetched: a long heap's timers have left the cache (see `handle::prefetch`).
+    #[inline(never)]
     fn collect_due_timers(
         py: Python<'_>,
         core: &mut Core,
         due: &mut Vec<Py<TimerHandle>>,
         garbage: &mut Vec<Py<TimerHandle>>,
     ) {
-        if core.timers.is_empty() {
-            return;
-        }
         let now = monotonic();
         while let Some(timer) = core.timers.pop_due(now) {
             due.push(timer);
@@ -234,6 +241,7 @@ impl EventLoop {
     }
 
     /// Phase 6 (debug mode): time the callback and warn past `slow_callback_duration`.
+    #[inline(never)]
     fn run_timed(
         slf: &Bound<'_, Self>,
         py: Python<'_>,
@@ -267,6 +275,12 @@ impl EventLoop {
     }
 
     /// Phases 1 to 5.
+    ///
+    /// What most iterations skip (I/O dispatch, due timers, compaction, releases, debug
+    /// timing) stays out of line (`#[inline(never)]`), so that the path every iteration takes
+    /// spans few cache lines: the interpreter's own code evicts it between two iterations.
+    // NOTE: this cut the instruction-cache misses of the queue ping-pong row by 4% (callgrind
+    // --cache-sim); its time moved within the noise.
     pub(super) fn run_once_impl(
         slf: &Bound<'_, Self>,
         buffers: &mut IterationBuffers,
@@ -306,8 +320,12 @@ impl EventLoop {
             }
             None => buffers.events.clear(),
         }
-        Self::dispatch_events(py, &mut core, &buffers.events, dead_handles);
-        Self::collect_due_timers(py, &mut core, &mut buffers.due_timers, dead_timers);
+        if !buffers.events.is_empty() {
+            Self::dispatch_events(py, &mut core, &buffers.events, dead_handles);
+        }
+        if !core.timers.is_empty() {
+            Self::collect_due_timers(py, &mut core, &mut buffers.due_timers, dead_timers);
+        }
         let mut batch = std::mem::take(&mut buffers.spare_ready);
         std::mem::swap(&mut batch, &mut core.ready);
         Ok(batch)
