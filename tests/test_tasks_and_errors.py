@@ -24,6 +24,59 @@ def test_create_task_name_and_context(run, loop):
     assert run(main()) == "in-ctx"
 
 
+def test_futures_and_tasks_belong_to_the_loop_that_made_them(run, loop, loop_factory):
+    # Made while the loop runs on this thread, before it runs (another loop set as current),
+    # and from another thread while it runs: each belongs to `loop`.
+    other = loop_factory()
+    asyncio.set_event_loop(other)
+    try:
+        early = loop.create_future()
+        early_task = loop.create_task(asyncio.sleep(0))
+
+        async def main():
+            from_thread = await asyncio.to_thread(loop.create_future)
+            task = loop.create_task(asyncio.sleep(0))
+            named = loop.create_task(asyncio.sleep(0), name="named")
+            await asyncio.gather(task, named)
+            return loop.create_future(), from_thread, task, named
+
+        inside, from_thread, task, named = run(main())
+        run(early_task)
+    finally:
+        asyncio.set_event_loop(loop)
+        other.close()
+    for made in (early, early_task, inside, from_thread, task, named):
+        assert made.get_loop() is loop
+    assert type(inside) is asyncio.Future and type(task) is asyncio.Task
+    assert task.get_name().startswith("Task-") and named.get_name() == "named"
+
+
+def test_patched_future_and_task_classes_are_called_with_the_loop(run, loop, monkeypatch):
+    calls = []
+
+    class StrictFuture(asyncio.Future):
+        def __init__(self, *, loop):
+            calls.append(("future", loop))
+            super().__init__(loop=loop)
+
+    class StrictTask(asyncio.Task):
+        def __init__(self, coro, *, loop, name=None, context=None):
+            calls.append(("task", loop))
+            super().__init__(coro, loop=loop, name=name, context=context)
+
+    async def main():
+        monkeypatch.setattr(asyncio.futures, "Future", StrictFuture)
+        monkeypatch.setattr(asyncio.tasks, "Task", StrictTask)
+        future = loop.create_future()
+        task = loop.create_task(asyncio.sleep(0))
+        await task
+        return future, task
+
+    future, task = run(main())
+    assert type(future) is StrictFuture and type(task) is StrictTask
+    assert calls == [("future", loop), ("task", loop)]
+
+
 def test_task_factory_called_as_cpython_calls_it(run, loop):
     calls = []
 
