@@ -45,6 +45,7 @@ pub struct Handle {
 impl Handle {
     /// A handle running `callback(*args)` in `context`, or in a copy of the current context
     /// when `context` is `None`, as asyncio's `Handle` does.
+    #[inline(always)]
     pub fn create(
         py: Python<'_>,
         callback: Py<PyAny>,
