@@ -199,8 +199,8 @@ impl EventLoop {
     fn run_ready(
         slf: &Bound<'_, Self>,
         py: Python<'_>,
-        mut batch: VecDeque<Py<Handle>>,
-        buffers: &mut IterationBuffers,
+        batch: &mut VecDeque<Py<Handle>>,
+        recycled: &mut Vec<Py<Handle>>,
     ) -> PyResult<()> {
         let this = slf.get();
         let debug = this.is_debug();
@@ -218,10 +218,10 @@ impl EventLoop {
             };
             // Beyond what the loop keeps, handles are freed at once, while their memory is
             // still in the cache for the next allocation.
-            if buffers.recycled.len() >= SPARE_HANDLES {
+            if recycled.len() >= SPARE_HANDLES {
                 handle::release(handle);
             } else if let Some(spare) = handle::recycle(handle) {
-                buffers.recycled.push(spare.unbind());
+                recycled.push(spare.unbind());
             }
             if result.is_err() {
                 break;
@@ -235,8 +235,6 @@ impl EventLoop {
                 core.ready.push_front(handle);
             }
         }
-        // The emptied deque keeps its capacity for a later iteration.
-        buffers.spare_ready = batch;
         result
     }
 
@@ -287,31 +285,24 @@ impl EventLoop {
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let mut dead_timers = Vec::new();
-        let mut dead_handles = Vec::new();
-        let batch = this.take_ready(py, buffers, &mut dead_timers, &mut dead_handles);
+        let taken = this.take_ready(py, buffers);
         // Released here, outside the lock, as the `Core` invariant requires.
-        if !dead_handles.is_empty() || !dead_timers.is_empty() {
-            Self::release_all(py, dead_handles, dead_timers);
+        if !buffers.dead_handles.is_empty() || !buffers.dead_timers.is_empty() {
+            Self::release_all(py, &mut buffers.dead_handles, &mut buffers.dead_timers);
         }
-        Self::run_ready(slf, py, batch?, buffers)
+        taken?;
+        Self::run_ready(slf, py, &mut buffers.batch, &mut buffers.recycled)
     }
 
-    /// Phases 1 to 4, ending with the batch of callbacks to run. The loop's lock is held
-    /// throughout, except while a poll runs: it may block, and other threads must be able to
-    /// schedule meanwhile. So an iteration takes the lock once when the poll is skipped and
-    /// twice otherwise (one lock per phase was nine round trips; the sleep(0) and queue rows
-    /// moved within their noise).
-    fn take_ready(
-        &self,
-        py: Python<'_>,
-        buffers: &mut IterationBuffers,
-        dead_timers: &mut Vec<Py<TimerHandle>>,
-        dead_handles: &mut Vec<Py<Handle>>,
-    ) -> PyResult<VecDeque<Py<Handle>>> {
+    /// Phases 1 to 4, ending with the batch of callbacks to run in `buffers.batch`. The loop's
+    /// lock is held throughout, except while a poll runs: it may block, and other threads must
+    /// be able to schedule meanwhile. So an iteration takes the lock once when the poll is
+    /// skipped and twice otherwise (one lock per phase was nine round trips; the sleep(0) and
+    /// queue rows moved within their noise).
+    fn take_ready(&self, py: Python<'_>, buffers: &mut IterationBuffers) -> PyResult<()> {
         let mut core = self.core();
-        Self::keep_spares(&mut core, &mut buffers.recycled, dead_handles);
-        let plan = self.plan_poll(py, &mut core, dead_timers)?;
+        Self::keep_spares(&mut core, &mut buffers.recycled, &mut buffers.dead_handles);
+        let plan = self.plan_poll(py, &mut core, &mut buffers.dead_timers)?;
         match plan.poller {
             Some(poller) => {
                 drop(core);
@@ -321,13 +312,20 @@ impl EventLoop {
             None => buffers.events.clear(),
         }
         if !buffers.events.is_empty() {
-            Self::dispatch_events(py, &mut core, &buffers.events, dead_handles);
+            Self::dispatch_events(py, &mut core, &buffers.events, &mut buffers.dead_handles);
         }
         if !core.timers.is_empty() {
-            Self::collect_due_timers(py, &mut core, &mut buffers.due_timers, dead_timers);
+            Self::collect_due_timers(
+                py,
+                &mut core,
+                &mut buffers.due_timers,
+                &mut buffers.dead_timers,
+            );
         }
-        let mut batch = std::mem::take(&mut buffers.spare_ready);
-        std::mem::swap(&mut batch, &mut core.ready);
-        Ok(batch)
+        // The batch is empty here (the last one ran to its end or was put back), so the
+        // swap leaves the ready queue empty with the batch's capacity.
+        debug_assert!(buffers.batch.is_empty());
+        std::mem::swap(&mut buffers.batch, &mut core.ready);
+        Ok(())
     }
 }
