@@ -65,25 +65,15 @@ impl<'a, 'py, const N: usize> CallArgs<'a, 'py, N> {
                     continue;
                 }
                 let Some(param) = params.iter().position(|p| keyword_is(&keyword, p)) else {
-                    return Err(PyTypeError::new_err(format!(
-                        "{name}() got an unexpected keyword argument '{}'",
-                        *keyword
-                    )));
+                    return Err(unexpected_keyword(name, &keyword));
                 };
                 if leading[param].replace(value).is_some() {
-                    return Err(PyTypeError::new_err(format!(
-                        "{name}() got multiple values for argument '{}'",
-                        params[param]
-                    )));
+                    return Err(multiple_values(name, params[param]));
                 }
             }
         }
-        let missing: Vec<String> = (0..N)
-            .filter(|&i| leading[i].is_none())
-            .map(|i| format!("'{}'", params[i]))
-            .collect();
-        if !missing.is_empty() {
-            return Err(missing_arguments(name, &missing));
+        if leading.iter().any(Option::is_none) {
+            return Err(missing_arguments(name, &params, &leading));
         }
         Ok(Self {
             leading: leading.map(|slot| slot.expect("every parameter was checked above")),
@@ -94,9 +84,32 @@ impl<'a, 'py, const N: usize> CallArgs<'a, 'py, N> {
     }
 }
 
+// The errors are out of line: the methods' common path then spans fewer cache lines.
+
+#[cold]
+fn unexpected_keyword(name: &str, keyword: &Bound<'_, PyAny>) -> PyErr {
+    PyTypeError::new_err(format!(
+        "{name}() got an unexpected keyword argument '{keyword}'"
+    ))
+}
+
+#[cold]
+fn multiple_values(name: &str, param: &str) -> PyErr {
+    PyTypeError::new_err(format!(
+        "{name}() got multiple values for argument '{param}'"
+    ))
+}
+
 /// Python's `TypeError` for missing arguments: "missing 2 required positional arguments:
 /// 'delay' and 'callback'".
-fn missing_arguments(name: &str, missing: &[String]) -> PyErr {
+#[cold]
+fn missing_arguments<T>(name: &str, params: &[&str], given: &[Option<T>]) -> PyErr {
+    let missing: Vec<String> = params
+        .iter()
+        .zip(given)
+        .filter(|(_, value)| value.is_none())
+        .map(|(param, _)| format!("'{param}'"))
+        .collect();
     let (count, plural) = (missing.len(), if missing.len() == 1 { "" } else { "s" });
     let listed = match missing.split_last() {
         Some((last, [])) => last.clone(),
