@@ -4,20 +4,31 @@
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyModule, PyString, PyTuple};
+use pyo3::types::{PyDict, PyString, PyTuple};
 
-static ASYNCIO_FUTURES: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
-static ASYNCIO_TASKS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+/// The namespaces (`__dict__`) of `asyncio.futures` and `asyncio.tasks`.
+static ASYNCIO_FUTURES: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
+static ASYNCIO_TASKS: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
 static KW_LOOP: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
 static KW_LOOP_NAME_CONTEXT: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
 
-fn module<'py>(
+/// `module.<name>`, read from the module's namespace, where assigning the attribute (a test's
+/// patch) puts it; the lookup is made at each call, as asyncio's `futures.Future(...)` makes it.
+// NOTE: `getattr` on the module went through the generic attribute lookup, about 250
+// instructions; one dict lookup is 40. Two futures per queue ping-pong round trip.
+fn module_attribute<'py>(
     py: Python<'py>,
-    cell: &'static PyOnceLock<Py<PyModule>>,
-    name: &str,
-) -> PyResult<&'py Bound<'py, PyModule>> {
-    cell.get_or_try_init(py, || Ok(py.import(name)?.unbind()))
-        .map(|m| m.bind(py))
+    cell: &'static PyOnceLock<Py<PyDict>>,
+    module: &str,
+    name: &Bound<'py, PyString>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let namespace =
+        cell.get_or_try_init(py, || PyResult::Ok(py.import(module)?.dict().unbind()))?;
+    match namespace.bind(py).get_item(name)? {
+        Some(value) => Ok(value),
+        // Deleted: let the module raise its own AttributeError.
+        None => py.import(module)?.getattr(name),
+    }
 }
 
 fn kwnames<'py>(
@@ -62,8 +73,12 @@ fn vectorcall<'py, const N: usize>(
 /// `asyncio.futures.Future` are honoured.
 pub fn new_future<'py>(loop_: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let py = loop_.py();
-    let future_class =
-        module(py, &ASYNCIO_FUTURES, "asyncio.futures")?.getattr(intern!(py, "Future"))?;
+    let future_class = module_attribute(
+        py,
+        &ASYNCIO_FUTURES,
+        "asyncio.futures",
+        intern!(py, "Future"),
+    )?;
     vectorcall(&future_class, [loop_], kwnames(py, &KW_LOOP, &["loop"])?)
 }
 
@@ -77,7 +92,7 @@ pub fn new_task<'py>(
     debug: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = loop_.py();
-    let task_class = module(py, &ASYNCIO_TASKS, "asyncio.tasks")?.getattr(intern!(py, "Task"))?;
+    let task_class = module_attribute(py, &ASYNCIO_TASKS, "asyncio.tasks", intern!(py, "Task"))?;
     let names = kwnames(py, &KW_LOOP_NAME_CONTEXT, &["loop", "name", "context"])?;
     let task = vectorcall(&task_class, [coro, loop_, name, context], names)?;
     if debug {
