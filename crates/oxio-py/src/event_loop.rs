@@ -21,9 +21,10 @@ use crate::sock::{Op, SockCoroutine};
 use crate::tasks;
 use scheduling::CallArgs;
 
-pub(crate) use scheduling::install as install_scheduling_methods;
+pub(crate) use raw_methods::install as install_raw_methods;
 
 mod iteration;
+mod raw_methods;
 mod scheduling;
 mod watchers;
 
@@ -404,10 +405,6 @@ impl EventLoop {
         monotonic()
     }
 
-    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        tasks::new_future(slf.as_any())
-    }
-
     /// asyncio's `create_task`. Without a task factory or extra keywords this is one call into
     /// `asyncio.Task`; otherwise the Python subclass's `_create_task_slow` applies CPython's
     /// calling conventions for factories.
@@ -625,10 +622,6 @@ impl EventLoop {
 
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
-    }
-
-    fn get_debug(&self) -> bool {
-        self.is_debug()
     }
 
     fn _set_debug_flag(&self, enabled: bool) {

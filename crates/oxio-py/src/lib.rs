@@ -17,7 +17,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::EventLoop>()?;
-    event_loop::install_scheduling_methods(m.py())?;
+    event_loop::install_raw_methods(m.py())?;
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
     m.add_class::<sock::SockCoroutine>()?;

@@ -1,25 +1,18 @@
 //! `call_soon`, `call_soon_threadsafe`, `call_later` and `call_at` as raw
-//! `METH_FASTCALL | METH_KEYWORDS` methods.
+//! `METH_FASTCALL | METH_KEYWORDS` methods (installed by `raw_methods`).
 //!
 //! Every task step and every future's done callback is a `call_soon(callback, arg,
 //! context=ctx)`, and timeouts are `call_later`s. pyo3's general argument parser for
 //! `(callback, *args, context=None)` cost more than taking a handle and queueing it; these
 //! methods read the vectorcall array directly, with asyncio's signatures and errors.
-// NOTE: pyo3's entry (trampoline, argument parser, wrapper) took about 240 of the 1897
-// instructions per callback of the call_soon row (callgrind).
-
-use std::ffi::CStr;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::ptr;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::intern;
-use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
-use pyo3::PyTypeInfo;
 
+use super::raw_methods::guard;
 use super::EventLoop;
 
 /// The arguments of `name(p1, ..., pN, *args, context=None)`, as asyncio's scheduling
@@ -217,8 +210,7 @@ impl Method {
 }
 
 /// What the methods share: parse, schedule, and turn the outcome into what CPython expects
-/// of a method (a new reference, or NULL with the exception set). A panic becomes a
-/// `PanicException` instead of unwinding into the interpreter.
+/// of a method (see `raw_methods::guard`).
 ///
 /// # Safety
 /// CPython calls the methods with the interpreter attached, `slf` an `EventLoop` (the method
@@ -230,32 +222,19 @@ unsafe fn enter(
     kwnames: *mut ffi::PyObject,
     method: Method,
 ) -> *mut ffi::PyObject {
-    // SAFETY: see above.
-    let py = unsafe { Python::assume_attached() };
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: see above; `slf` is borrowed for the duration of the call.
-        let slf = unsafe { Borrowed::from_ptr(py, slf).cast_unchecked::<EventLoop>() };
-        let nargs = usize::try_from(nargs).unwrap_or(0);
-        // SAFETY: see above.
-        unsafe { method.call(&slf, args, nargs, kwnames) }
-    }));
-    match outcome {
-        Ok(Ok(handle)) => handle.into_ptr(),
-        Ok(Err(err)) => {
-            err.restore(py);
-            ptr::null_mut()
-        }
-        Err(_) => {
-            PanicException::new_err(format!("panic in {}()", method.name())).restore(py);
-            ptr::null_mut()
-        }
+    // SAFETY: see above, for `guard` and for `call` in the closure.
+    unsafe {
+        guard(slf, method.name(), |slf| {
+            let nargs = usize::try_from(nargs).unwrap_or(0);
+            method.call(slf, args, nargs, kwnames)
+        })
     }
 }
 
 /// Defines the `extern "C"` entry of one method.
 macro_rules! entry {
     ($entry:ident, $method:expr) => {
-        unsafe extern "C" fn $entry(
+        pub(super) unsafe extern "C" fn $entry(
             slf: *mut ffi::PyObject,
             args: *const *mut ffi::PyObject,
             nargs: ffi::Py_ssize_t,
@@ -271,71 +250,3 @@ entry!(call_soon, Method::Soon);
 entry!(call_soon_threadsafe, Method::SoonThreadsafe);
 entry!(call_later, Method::Later);
 entry!(call_at, Method::At);
-
-/// A method definition CPython keeps a pointer to for the life of the process.
-struct MethodDef(ffi::PyMethodDef);
-
-// SAFETY: CPython only reads a method definition, and these hold pointers to static data.
-unsafe impl Sync for MethodDef {}
-
-impl MethodDef {
-    const fn new(
-        name: &'static CStr,
-        entry: ffi::PyCFunctionFastWithKeywords,
-        doc: &'static CStr,
-    ) -> Self {
-        Self(ffi::PyMethodDef {
-            ml_name: name.as_ptr(),
-            ml_meth: ffi::PyMethodDefPointer {
-                PyCFunctionFastWithKeywords: entry,
-            },
-            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-            ml_doc: doc.as_ptr(),
-        })
-    }
-}
-
-static METHODS: [MethodDef; 4] = [
-    MethodDef::new(
-        c"call_soon",
-        call_soon,
-        c"call_soon($self, callback, *args, context=None)\n--\n\nArrange for a callback to be called as soon as possible.",
-    ),
-    MethodDef::new(
-        c"call_soon_threadsafe",
-        call_soon_threadsafe,
-        c"call_soon_threadsafe($self, callback, *args, context=None)\n--\n\nLike call_soon(), but thread-safe.",
-    ),
-    MethodDef::new(
-        c"call_later",
-        call_later,
-        c"call_later($self, delay, callback, *args, context=None)\n--\n\nArrange for a callback to be called at a given time.",
-    ),
-    MethodDef::new(
-        c"call_at",
-        call_at,
-        c"call_at($self, when, callback, *args, context=None)\n--\n\nLike call_later(), but uses an absolute time.",
-    ),
-];
-
-/// Adds the methods to `EventLoop`, once, at module initialisation.
-pub(crate) fn install(py: Python<'_>) -> PyResult<()> {
-    let class = EventLoop::type_object(py);
-    for def in &METHODS {
-        // SAFETY: the interpreter is attached; `def` is static, and CPython never writes
-        // through the pointer it keeps.
-        let descriptor = unsafe {
-            ffi::PyDescr_NewMethod(class.as_type_ptr(), ptr::from_ref(&def.0).cast_mut())
-        };
-        if descriptor.is_null() {
-            return Err(PyErr::fetch(py));
-        }
-        // SAFETY: a new reference we own.
-        let descriptor = unsafe { Bound::from_owned_ptr(py, descriptor) };
-        let name = descriptor
-            .getattr(intern!(py, "__name__"))?
-            .cast_into::<PyString>()?;
-        class.setattr(name, descriptor)?;
-    }
-    Ok(())
-}
