@@ -24,6 +24,40 @@ def test_create_task_name_and_context(run, loop):
     assert run(main()) == "in-ctx"
 
 
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda loop, coro: loop.create_task(), "missing 1 required positional argument: 'coro'"),
+        (lambda loop, coro: loop.create_task(coro, coro), "positional argument"),
+        (
+            lambda loop, coro: loop.create_task(coro, coro=coro),
+            "multiple values for argument 'coro'",
+        ),
+        (lambda loop, coro: loop.create_task(coro, color=1), "unexpected keyword argument 'color'"),
+        (lambda loop, coro: loop.create_task(1), "a coroutine was expected, got 1"),
+    ],
+)
+def test_create_task_argument_errors(loop, call, message):
+    async def never_run():
+        pass
+
+    coro = never_run()
+    try:
+        with pytest.raises(TypeError, match=message):
+            call(loop, coro)
+    finally:
+        coro.close()
+
+
+def test_create_task_takes_coro_name_and_context_by_keyword(run, loop):
+    async def main():
+        task = loop.create_task(coro=asyncio.sleep(0, "done"), name=None, context=None)
+        assert task.get_name().startswith("Task-")
+        return await task
+
+    assert run(main()) == "done"
+
+
 def test_futures_and_tasks_belong_to_the_loop_that_made_them(run, loop, loop_factory):
     # Made while the loop runs on this thread, before it runs (another loop set as current),
     # and from another thread while it runs: each belongs to `loop`.

@@ -247,6 +247,31 @@ impl EventLoop {
         Ok(handle)
     }
 
+    /// asyncio's `create_task`. Without a task factory or extra keywords this is one call into
+    /// `asyncio.Task`; otherwise the Python subclass's `_create_task_slow` applies CPython's
+    /// calling conventions for factories.
+    /// Called as a raw method (`raw_methods.rs`).
+    fn create_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<&Bound<'py, PyAny>>,
+        context: Option<&Bound<'py, PyAny>>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.get();
+        this.check_closed()?;
+        let py = slf.py();
+        let none = py.None().into_bound(py);
+        let name = name.unwrap_or(&none);
+        let context = context.unwrap_or(&none);
+        let has_factory = this.task_factory(py).is_some();
+        if has_factory || kwargs.is_some_and(|k| !k.is_empty()) {
+            let slow = intern!(py, "_create_task_slow");
+            return slf.call_method(slow, (coro, name, context), kwargs);
+        }
+        tasks::new_task(slf.as_any(), coro, name, context, this.is_debug())
+    }
+
     /// Schedules a new handle holding `fields`: a spare one when the loop has one, else a new
     /// object.
     fn schedule_new<'py>(&self, py: Python<'py>, fields: Handle) -> PyResult<Bound<'py, Handle>> {
@@ -403,31 +428,6 @@ impl EventLoop {
     /// `time.monotonic()`, the loop's clock.
     fn time(&self) -> f64 {
         monotonic()
-    }
-
-    /// asyncio's `create_task`. Without a task factory or extra keywords this is one call into
-    /// `asyncio.Task`; otherwise the Python subclass's `_create_task_slow` applies CPython's
-    /// calling conventions for factories.
-    #[pyo3(signature = (coro, *, name=None, context=None, **kwargs))]
-    fn create_task<'py>(
-        slf: &Bound<'py, Self>,
-        coro: &Bound<'py, PyAny>,
-        name: Option<&Bound<'py, PyAny>>,
-        context: Option<&Bound<'py, PyAny>>,
-        kwargs: Option<&Bound<'py, PyDict>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let this = slf.get();
-        this.check_closed()?;
-        let py = slf.py();
-        let none = py.None().into_bound(py);
-        let name = name.unwrap_or(&none);
-        let context = context.unwrap_or(&none);
-        let has_factory = this.task_factory(py).is_some();
-        if has_factory || kwargs.is_some_and(|k| !k.is_empty()) {
-            let slow = intern!(py, "_create_task_slow");
-            return slf.call_method(slow, (coro, name, context), kwargs);
-        }
-        tasks::new_task(slf.as_any(), coro, name, context, this.is_debug())
     }
 
     fn set_task_factory(&self, factory: Option<Bound<'_, PyAny>>) -> PyResult<()> {

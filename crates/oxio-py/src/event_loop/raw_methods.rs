@@ -1,13 +1,13 @@
-//! The methods CPython calls once per callback or per future, defined as raw C methods and
+//! The methods CPython calls once per callback, future or task, defined as raw C methods and
 //! added to `EventLoop` at module initialisation: the scheduling methods (`scheduling.rs`),
-//! `create_future`, and `get_debug`, which asyncio's `Future.__init__` calls for every future
-//! and task.
+//! `create_future`, `create_task`, and `get_debug`, which asyncio's `Future.__init__` calls
+//! for every future and task.
 //!
 //! pyo3's entry into a method (trampoline, argument parser, wrapper) costs more than these
 //! methods' own work; a raw method reads its arguments from the vectorcall array directly.
 // NOTE: pyo3's entry took about 240 of the 1897 instructions per callback of the call_soon
-// row, and 60 per call of `create_future` and `get_debug`, four of which a queue ping-pong round
-// trip makes (callgrind).
+// row, 60 per call of `create_future` and `get_debug`, four of which a queue ping-pong round
+// trip makes, and 230 per `create_task` (callgrind).
 
 use std::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -16,10 +16,10 @@ use std::ptr;
 use pyo3::ffi;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
-use pyo3::types::PyString;
+use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::PyTypeInfo;
 
-use super::scheduling;
+use super::scheduling::{self, keyword_is, missing_arguments, multiple_values};
 use super::EventLoop;
 use crate::tasks;
 
@@ -63,6 +63,92 @@ unsafe extern "C" fn create_future(
 ) -> *mut ffi::PyObject {
     // SAFETY: CPython calls a METH_NOARGS method of `EventLoop` as `guard` requires.
     unsafe { guard(slf, "create_future", |slf| tasks::new_future(slf.as_any())) }
+}
+
+/// `create_task(coro, *, name=None, context=None, **kwargs)`.
+unsafe extern "C" fn create_task(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls a METH_FASTCALL | METH_KEYWORDS method as `guard` and
+    // `TaskArgs::parse` require.
+    unsafe {
+        guard(slf, "create_task", |slf| {
+            let nargs = usize::try_from(nargs).unwrap_or(0);
+            let call = TaskArgs::parse(slf.py(), args, nargs, kwnames)?;
+            let (name, context) = (call.name.as_deref(), call.context.as_deref());
+            EventLoop::create_task(slf, &call.coro, name, context, call.kwargs.as_ref())
+        })
+    }
+}
+
+/// `create_task`'s arguments, borrowed from the caller's argument array; keywords other than
+/// `name` and `context` are gathered for `_create_task_slow`.
+struct TaskArgs<'a, 'py> {
+    coro: Borrowed<'a, 'py, PyAny>,
+    name: Option<Borrowed<'a, 'py, PyAny>>,
+    context: Option<Borrowed<'a, 'py, PyAny>>,
+    kwargs: Option<Bound<'py, PyDict>>,
+}
+
+impl<'a, 'py> TaskArgs<'a, 'py> {
+    /// # Safety
+    /// `args` holds `nargs` positional arguments followed by one value per name in `kwnames`
+    /// (NULL when there are none), all borrowed references alive for the call.
+    unsafe fn parse(
+        py: Python<'py>,
+        args: *const *mut ffi::PyObject,
+        nargs: usize,
+        kwnames: *mut ffi::PyObject,
+    ) -> PyResult<Self> {
+        // SAFETY: the caller guarantees `args` and `kwnames` as documented above.
+        let arg = |i: usize| unsafe { Borrowed::from_ptr(py, *args.add(i)) };
+        if nargs > 1 {
+            return Err(too_many_positional(nargs));
+        }
+        let mut coro = (nargs == 1).then(|| arg(0));
+        let (mut name, mut context, mut kwargs) = (None, None, None);
+        if !kwnames.is_null() {
+            // SAFETY: a non-NULL `kwnames` is a tuple of strings (see above).
+            let names = unsafe { Borrowed::from_ptr(py, kwnames).cast_unchecked::<PyTuple>() };
+            for (i, keyword) in names.iter_borrowed().enumerate() {
+                let value = arg(nargs + i);
+                let slot = if keyword_is(&keyword, "name") {
+                    &mut name
+                } else if keyword_is(&keyword, "context") {
+                    &mut context
+                } else if keyword_is(&keyword, "coro") {
+                    &mut coro
+                } else {
+                    let extra = kwargs.get_or_insert_with(|| PyDict::new(py));
+                    extra.set_item(keyword, value)?;
+                    continue;
+                };
+                // Python rejects a keyword given twice, so only `coro` can be given twice.
+                if slot.replace(value).is_some() {
+                    return Err(multiple_values("create_task", "coro"));
+                }
+            }
+        }
+        let Some(coro) = coro else {
+            return Err(missing_arguments::<()>("create_task", &["coro"], &[None]));
+        };
+        Ok(Self {
+            coro,
+            name: name.filter(|n| !n.is_none()),
+            context: context.filter(|c| !c.is_none()),
+            kwargs,
+        })
+    }
+}
+
+#[cold]
+fn too_many_positional(given: usize) -> PyErr {
+    pyo3::exceptions::PyTypeError::new_err(format!(
+        "create_task() takes 1 positional argument but {given} were given"
+    ))
 }
 
 /// `get_debug()`.
@@ -117,7 +203,7 @@ impl MethodDef {
     }
 }
 
-static METHODS: [MethodDef; 6] = [
+static METHODS: [MethodDef; 7] = [
     MethodDef::with_keywords(
         c"call_soon",
         scheduling::call_soon,
@@ -142,6 +228,11 @@ static METHODS: [MethodDef; 6] = [
         c"create_future",
         create_future,
         c"create_future($self, /)\n--\n\nCreate a Future object attached to the loop.",
+    ),
+    MethodDef::with_keywords(
+        c"create_task",
+        create_task,
+        c"create_task($self, coro, *, name=None, context=None, **kwargs)\n--\n\nSchedule a coroutine object.\n\nReturn a task object.",
     ),
     MethodDef::no_arguments(
         c"get_debug",

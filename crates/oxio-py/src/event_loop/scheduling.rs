@@ -80,14 +80,14 @@ impl<'a, 'py, const N: usize> CallArgs<'a, 'py, N> {
 // The errors are out of line: the methods' common path then spans fewer cache lines.
 
 #[cold]
-fn unexpected_keyword(name: &str, keyword: &Bound<'_, PyAny>) -> PyErr {
+pub(super) fn unexpected_keyword(name: &str, keyword: &Bound<'_, PyAny>) -> PyErr {
     PyTypeError::new_err(format!(
         "{name}() got an unexpected keyword argument '{keyword}'"
     ))
 }
 
 #[cold]
-fn multiple_values(name: &str, param: &str) -> PyErr {
+pub(super) fn multiple_values(name: &str, param: &str) -> PyErr {
     PyTypeError::new_err(format!(
         "{name}() got multiple values for argument '{param}'"
     ))
@@ -96,7 +96,7 @@ fn multiple_values(name: &str, param: &str) -> PyErr {
 /// Python's `TypeError` for missing arguments: "missing 2 required positional arguments:
 /// 'delay' and 'callback'".
 #[cold]
-fn missing_arguments<T>(name: &str, params: &[&str], given: &[Option<T>]) -> PyErr {
+pub(super) fn missing_arguments<T>(name: &str, params: &[&str], given: &[Option<T>]) -> PyErr {
     let missing: Vec<String> = params
         .iter()
         .zip(given)
@@ -115,7 +115,7 @@ fn missing_arguments<T>(name: &str, params: &[&str], given: &[Option<T>]) -> PyE
 }
 
 /// Whether a keyword argument's name is `expected` (CPython passes names as `str`s).
-fn keyword_is(keyword: &Bound<'_, PyAny>, expected: &str) -> bool {
+pub(super) fn keyword_is(keyword: &Bound<'_, PyAny>, expected: &str) -> bool {
     keyword
         .cast::<PyString>()
         .is_ok_and(|name| name.to_str().is_ok_and(|name| name == expected))
