@@ -70,9 +70,23 @@ def test_invalid_file_objects(loop):
 
 def test_regular_file_is_refused_like_epoll_selector(loop):
     with tempfile.TemporaryFile() as f:
-        with pytest.raises(PermissionError):
+        with pytest.raises(PermissionError) as refused:
             loop.add_reader(f.fileno(), print)
+        assert refused.value.errno == errno.EPERM
         assert loop.remove_reader(f.fileno()) is False
+
+
+def test_closed_fd_is_refused_with_ebadf(loop):
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        for add in (loop.add_reader, loop.add_writer):
+            with pytest.raises(OSError) as refused:
+                add(read_end, print)
+            assert refused.value.errno == errno.EBADF
+            assert refused.value.strerror == os.strerror(errno.EBADF)
+    finally:
+        os.close(write_end)
 
 
 def test_remove_after_close_returns_false(loop_factory):

@@ -5,6 +5,7 @@
 //! Python subclass; everything that runs once per callback lives here.
 
 use std::collections::VecDeque;
+use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,6 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{intern, PyClassInitializer};
 
+use crate::errors::os_error;
 use crate::handle::{self, prefetch, Handle, TimerHandle, SPARE_HANDLES};
 use crate::sock::{Op, SockCoroutine};
 use crate::tasks;
@@ -132,6 +134,22 @@ impl EventLoop {
     fn task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         let slot = lock(&self.task_factory);
         slot.as_ref().map(|f| f.clone_ref(py))
+    }
+
+    /// The epoll instance and the eventfd that wakes it, registered in it (out of fds: EMFILE).
+    fn open_poller() -> io::Result<(Arc<Poller>, Arc<Waker>)> {
+        let poller = Arc::new(Poller::new()?);
+        let waker = Arc::new(Waker::new()?);
+        let readable = Interest {
+            readable: true,
+            writable: false,
+        };
+        poller.add(
+            std::os::fd::AsRawFd::as_raw_fd(&*waker),
+            WAKER_TOKEN,
+            readable,
+        )?;
+        Ok((poller, waker))
     }
 
     fn check_closed(&self) -> PyResult<()> {
@@ -394,17 +412,12 @@ fn seconds(value: &Bound<'_, PyAny>, none_message: &str) -> PyResult<f64> {
 impl EventLoop {
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
-    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
-        let poller = Arc::new(Poller::new()?);
-        let waker = Arc::new(Waker::new()?);
-        poller.add(
-            std::os::fd::AsRawFd::as_raw_fd(&*waker),
-            WAKER_TOKEN,
-            Interest {
-                readable: true,
-                writable: false,
-            },
-        )?;
+    fn new(
+        py: Python<'_>,
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        let (poller, waker) = Self::open_poller().map_err(|err| os_error(py, err))?;
         Ok(Self {
             core: Mutex::new(Core {
                 ready: VecDeque::new(),

@@ -3,6 +3,7 @@
 
 mod buffer;
 mod context;
+mod errors;
 mod event_loop;
 mod fd;
 mod handle;

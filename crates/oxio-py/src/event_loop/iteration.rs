@@ -12,6 +12,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 
 use super::{closed_error, Core, EventLoop, IterationBuffers, WAKER_TOKEN};
+use crate::errors::os_error;
 use crate::handle::{self, prefetch, Handle, TimerHandle, SPARE_HANDLES};
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: never sleep longer than a day in one poll.
@@ -112,7 +113,7 @@ impl EventLoop {
                 events.clear();
                 py.check_signals()
             }
-            Err(err) => Err(err.into()),
+            Err(err) => Err(os_error(py, err)),
         }
     }
 

@@ -9,9 +9,9 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use super::{closed_error, Core, EventLoop};
+use crate::errors::os_error;
 use crate::fd::fd_of;
 use crate::handle::Handle;
-use crate::transport::os_error;
 
 impl Core {
     pub(super) fn interest(&self, fd: RawFd) -> Interest {
@@ -181,7 +181,7 @@ impl EventLoop {
             slf.py(),
             Self::new_handle(slf, callback, args, None, traceback)?,
         )?;
-        let previous = {
+        let registered = {
             let mut core = this.core();
             if core.poller.is_none() {
                 return Err(closed_error());
@@ -193,17 +193,21 @@ impl EventLoop {
             } else {
                 core.sync_interest(fd, before)
             };
-            if let Err(err) = synced {
-                // Leave the registration as it was: the kernel refused the fd (a regular file
-                // gives EPERM, as with `selectors.EpollSelector`).
-                match previous {
-                    Some(prev) => core.watchers(write).insert(fd, prev),
-                    None => core.watchers(write).remove(&fd),
-                };
-                return Err(err.into());
+            match synced {
+                Ok(()) => Ok(previous),
+                Err(err) => {
+                    // Leave the registration as it was: the kernel refused the fd (a regular
+                    // file gives EPERM, as with `selectors.EpollSelector`). What is put back or
+                    // removed is dropped once the lock is released.
+                    let added = match previous {
+                        Some(prev) => core.watchers(write).insert(fd, prev),
+                        None => core.watchers(write).remove(&fd),
+                    };
+                    Err((err, added))
+                }
             }
-            previous
         };
+        let previous = registered.map_err(|(err, _added)| os_error(slf.py(), err))?;
         if let Some(previous) = previous {
             previous.borrow_mut(slf.py()).mark_cancelled(slf.py(), None);
         }
@@ -261,10 +265,13 @@ impl EventLoop {
     /// socket would still block). A level-triggered registration needs nothing.
     pub(crate) fn rearm_fd_watcher(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<()> {
         let this = slf.get();
-        let mut core = this.core();
-        if core.modes.get(fd) == FdMode::Oneshot {
-            core.arm_oneshot(fd)?;
-        }
-        Ok(())
+        let armed = {
+            let mut core = this.core();
+            match core.modes.get(fd) {
+                FdMode::Oneshot => core.arm_oneshot(fd),
+                _ => Ok(()),
+            }
+        };
+        armed.map_err(|err| os_error(slf.py(), err))
     }
 }

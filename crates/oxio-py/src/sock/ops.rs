@@ -8,12 +8,13 @@ use std::io;
 use std::os::fd::RawFd;
 
 use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyMemoryView, PySlice, PyString, PyTuple};
-use pyo3::{ffi, intern};
 
 use crate::buffer;
+use crate::errors::os_error;
 use crate::stdlib;
 use crate::transport::{recv_bytes, READ_SIZE};
 use oxio_core::transport::stream::{recv_nowait, send_nowait};
@@ -175,28 +176,12 @@ fn plain_socket_fd(
     Ok(Some(sock.call_method0(intern!(py, "fileno"))?.extract()?))
 }
 
-/// The `OSError` subclass the `socket` module raises for `err` (it calls `PyErr_SetFromErrno`
-/// too), with the same `errno` and `strerror`.
-fn socket_error(py: Python<'_>, err: io::Error) -> PyErr {
-    let Some(code) = err.raw_os_error() else {
-        return err.into();
-    };
-    // SAFETY: errno is thread-local; setting it and reading it back at once through
-    // PyErr_SetFromErrno (GIL held) is how C code reports it. The call leaves an exception set,
-    // which `PyErr::fetch` takes.
-    unsafe {
-        *libc::__errno_location() = code;
-        ffi::PyErr_SetFromErrno(ffi::PyExc_OSError);
-    }
-    PyErr::fetch(py)
-}
-
 /// An OS result as an attempt: `EAGAIN` is "blocked", other errors are the socket's error.
 fn os_attempt(py: Python<'_>, fd: RawFd, result: io::Result<Py<PyAny>>) -> PyResult<Attempt> {
     match result {
         Ok(value) => Ok(Attempt::Done(value)),
         Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(Attempt::Blocked(Some(fd))),
-        Err(err) => Err(socket_error(py, err)),
+        Err(err) => Err(os_error(py, err)),
     }
 }
 
@@ -272,7 +257,7 @@ fn send_all(
                 Ok(n) if n == left => return Ok(Attempt::Done(py.None())),
                 Ok(n) => *sent += n,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(err) => return Err(socket_error(py, err)),
+                Err(err) => return Err(os_error(py, err)),
             }
             pin_view(py, data, view)?;
             return Ok(Attempt::Blocked(Some(fd)));

@@ -17,8 +17,9 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use super::sockaddr;
+use crate::errors::os_error;
 use crate::transport::{
-    self, add_writer, is_exit, maybe_pause_protocol, maybe_resume_protocol, os_error, protocol_of,
+    self, add_writer, is_exit, maybe_pause_protocol, maybe_resume_protocol, protocol_of,
     remove_reader, remove_writer, schedule_connection_lost, with_bytes, with_read_buffer,
     FlowControl, ReadCore, Wiring, WriteCore, LOG_THRESHOLD_FOR_CONNLOST_WRITES, READ_SIZE,
 };

@@ -48,10 +48,9 @@ mod reading;
 mod sockaddr;
 pub(crate) mod stream;
 
-use std::io;
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PySystemExit, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyTypeError, PyValueError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -95,23 +94,6 @@ pub(crate) fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R)
 /// Whether the protocol is an `asyncio.BufferedProtocol`, which receives into its own buffer.
 pub(crate) fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
     protocol.is_instance(crate::stdlib::aio_buffered_protocol(protocol.py())?)
-}
-
-/// An OS error as Python's `socket` and `os` modules raise it: `OSError(errno, strerror)`,
-/// which Python turns into the matching subclass (`ConnectionResetError`, `BrokenPipeError`...).
-/// PyO3's own conversion keeps only the message, losing `errno`, which callers test.
-pub(crate) fn os_error(py: Python<'_>, err: io::Error) -> PyErr {
-    let Some(code) = err.raw_os_error() else {
-        return err.into();
-    };
-    let strerror = py
-        .import(intern!(py, "os"))
-        .and_then(|os| os.call_method1(intern!(py, "strerror"), (code,)))
-        .and_then(|text| text.extract::<String>());
-    match strerror {
-        Ok(text) => PyOSError::new_err((code, text)),
-        Err(lookup_failed) => lookup_failed,
-    }
 }
 
 /// A core's links to the outside.

@@ -16,10 +16,11 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use crate::errors::os_error;
 use crate::transport::{
-    self, add_reader, add_writer, maybe_pause_protocol, maybe_resume_protocol, os_error,
-    protocol_of, remove_reader, remove_writer, schedule_connection_lost, with_bytes,
-    with_read_buffer, FlowControl, ReadCore, Wiring, WriteCore, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    self, add_reader, add_writer, maybe_pause_protocol, maybe_resume_protocol, protocol_of,
+    remove_reader, remove_writer, schedule_connection_lost, with_bytes, with_read_buffer,
+    FlowControl, ReadCore, Wiring, WriteCore, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 
 #[pyclass(module = "oxio._oxio")]

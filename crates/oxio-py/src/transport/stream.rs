@@ -14,10 +14,11 @@ use pyo3::intern;
 use pyo3::prelude::*;
 
 use crate::buffer;
+use crate::errors::os_error;
 use crate::tls::TlsProtocol;
 use crate::transport::{
     self, add_writer, is_buffered_protocol, is_exit, maybe_pause_protocol, maybe_resume_protocol,
-    os_error, protocol_of, remove_reader, remove_writer, schedule_connection_lost, with_bytes,
+    protocol_of, remove_reader, remove_writer, schedule_connection_lost, with_bytes,
     with_read_buffer, FlowControl, ReadCore, Wiring, WriteCore, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 
