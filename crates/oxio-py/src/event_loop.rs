@@ -122,6 +122,20 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Releases every handle of `list`, seen as the `Handle` that `as_handle` makes of it,
+/// prefetching the next ones: the handles of a long list have left the caches.
+fn release_each<'py, T: pyo3::PyClass>(
+    py: Python<'py>,
+    list: &mut Vec<Py<T>>,
+    as_handle: impl Fn(Bound<'py, T>) -> Bound<'py, Handle>,
+) {
+    let mut list = list.drain(..);
+    while let Some(item) = list.next() {
+        prefetch::ahead(py, |i| list.as_slice().get(i));
+        handle::release(as_handle(item.into_bound(py)));
+    }
+}
+
 fn closed_error() -> PyErr {
     PyRuntimeError::new_err("Event loop is closed")
 }
@@ -344,16 +358,8 @@ impl EventLoop {
         handles: &mut Vec<Py<Handle>>,
         timers: &mut Vec<Py<TimerHandle>>,
     ) {
-        let mut handles = handles.drain(..);
-        while let Some(handle) = handles.next() {
-            prefetch::ahead(py, |i| handles.as_slice().get(i));
-            handle::release(handle.into_bound(py));
-        }
-        let mut timers = timers.drain(..);
-        while let Some(timer) = timers.next() {
-            prefetch::ahead(py, |i| timers.as_slice().get(i));
-            handle::release(timer.into_bound(py).into_super());
-        }
+        release_each(py, handles, |handle| handle);
+        release_each(py, timers, Bound::into_super);
     }
 
     fn running(&self) -> bool {
