@@ -13,10 +13,11 @@ use std::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 
+use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyString, PyTuple};
 use pyo3::PyTypeInfo;
 
 use super::scheduling::{self, keyword_is, missing_arguments, multiple_values};
@@ -146,7 +147,7 @@ impl<'a, 'py> TaskArgs<'a, 'py> {
 
 #[cold]
 fn too_many_positional(given: usize) -> PyErr {
-    pyo3::exceptions::PyTypeError::new_err(format!(
+    PyTypeError::new_err(format!(
         "create_task() takes 1 positional argument but {given} were given"
     ))
 }
@@ -160,9 +161,7 @@ unsafe extern "C" fn get_debug(
     unsafe {
         guard(slf, "get_debug", |slf| {
             let debug = slf.get().is_debug();
-            Ok(pyo3::types::PyBool::new(slf.py(), debug)
-                .to_owned()
-                .into_any())
+            Ok(PyBool::new(slf.py(), debug).to_owned().into_any())
         })
     }
 }
