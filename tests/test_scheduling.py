@@ -140,6 +140,30 @@ def test_context_argument(loop, method):
     assert seen == ["in-ctx"]
 
 
+def test_context_keyword_spelled_by_distinct_string_objects(run, loop):
+    # The keyword's name arrives as whatever string object the caller built: interned from
+    # source code, asyncio's C Future and Task's own, or made at run time as here. Each
+    # spelling is recognised, whichever came first.
+    var = contextvars.ContextVar("var", default="unset")
+    seen = []
+
+    async def main():
+        for n in range(3):
+            ctx = contextvars.copy_context()
+            ctx.run(var.set, n)
+            keyword = "".join(["con", "text"])
+            loop.call_soon(lambda: seen.append(var.get()), **{keyword: ctx})
+        future = loop.create_future()
+        loop.call_soon(future.set_result, "done", context=contextvars.copy_context())
+        task = loop.create_task(asyncio.sleep(0, "slept"))
+        return await future, await task
+
+    assert run(main()) == ("done", "slept")
+    assert seen == [0, 1, 2]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'contexts'"):
+        loop.call_soon(print, **{"".join(["con", "texts"]): None})
+
+
 def test_default_context_is_a_copy(loop):
     var = contextvars.ContextVar("var", default="unset")
     var.set("outer")
