@@ -281,8 +281,8 @@ impl EventLoop {
 
     /// asyncio's `create_task`. Without a task factory or extra keywords this is one call into
     /// `asyncio.Task`; otherwise the Python subclass's `_create_task_slow` applies CPython's
-    /// calling conventions for factories.
-    /// Called as a raw method (`raw_methods.rs`).
+    /// calling conventions for factories. Python calls it through the raw method of
+    /// `raw_methods.rs`, which parses its arguments.
     fn create_task<'py>(
         slf: &Bound<'py, Self>,
         coro: &Bound<'py, PyAny>,
