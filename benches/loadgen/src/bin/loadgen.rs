@@ -25,7 +25,12 @@ struct Conn {
     stream: ReadyStream,
     /// Bytes of the current message written so far.
     sent: usize,
-    /// The echo of the current message, filled up to `received`.
+    /// The echo of the current message, filled up to `received`, with one byte to spare: the
+    /// read that completes an echo is then short, which tells `ReadyStream` that the socket is
+    /// drained (the server sends nothing else), so no read is spent just to see it would block.
+    // NOTE: against echo-limit at 1 KiB (strace -c), recvfrom calls per round trip went from
+    // 1.32 to 1.00 and epoll_wait from 0.01 to 0.03; the client's CPU per round trip fell by
+    // about 3% within each of the machine's speed modes (5 alternating runs).
     echo: Box<[u8]>,
     received: usize,
 }
@@ -56,7 +61,13 @@ impl Conn {
                 }
             }
             // A wrong echo is a bug in the loop under test, not a slow run: stop loudly.
-            if *self.echo != *message {
+            if self.received > message.len() {
+                return Err(io::Error::new(
+                    ErrorKind::InvalidData,
+                    "the server sent more than the echo",
+                ));
+            }
+            if self.echo[..message.len()] != *message {
                 return Err(io::Error::new(
                     ErrorKind::InvalidData,
                     "echo differs from message",
@@ -144,7 +155,7 @@ fn main() -> io::Result<()> {
         conns.push(Conn {
             stream: ReadyStream::new(stream),
             sent: 0,
-            echo: vec![0; size].into_boxed_slice(),
+            echo: vec![0; size + 1].into_boxed_slice(),
             received: 0,
         });
     }
