@@ -54,6 +54,16 @@ async def connected_pair(loop, keep_open=False):
     return transport, protocol, peer
 
 
+async def deliver(loop, protocol_factory, payload):
+    """Sends `payload` to a transport over one end of a socketpair, then closes the other end;
+    returns the protocol once its connection is lost, with the exception it was lost with."""
+    ours, peer = socket.socketpair()
+    with peer:
+        _, protocol = await loop.connect_accepted_socket(protocol_factory, ours)
+        peer.sendall(payload)
+    return protocol, await protocol.done
+
+
 async def read_until_eof(loop, sock):
     chunks = []
     while chunk := await loop.sock_recv(sock, 65536):
@@ -318,11 +328,7 @@ def test_buffered_protocol_receives_into_its_buffer(loop, run):
             self.done.set_result(exc)
 
     async def main():
-        ours, peer = socket.socketpair()
-        transport, protocol = await loop.connect_accepted_socket(Buffered, ours)
-        peer.sendall(b"0123456789abcdef")
-        peer.close()
-        await protocol.done
+        protocol, _ = await deliver(loop, Buffered, b"0123456789abcdef")
         assert protocol.received == b"0123456789abcdef"
         assert max(protocol.sizes) <= 7
 
@@ -347,11 +353,8 @@ def test_buffered_protocol_receives_into_any_writable_buffer_format(loop, run):
             self.done.set_result(exc)
 
     async def main():
-        ours, peer = socket.socketpair()
-        transport, protocol = await loop.connect_accepted_socket(IntArray, ours)
-        peer.sendall(b"0123456789abcdefghij")
-        peer.close()
-        assert await protocol.done is None
+        protocol, exc = await deliver(loop, IntArray, b"0123456789abcdefghij")
+        assert exc is None
         assert protocol.received == b"0123456789abcdefghij"
 
     run(main())
@@ -393,15 +396,7 @@ def test_a_bad_get_buffer_fails_the_connection_as_asyncio_does(
         def connection_lost(self, exc):
             self.done.set_result(exc)
 
-    async def main():
-        ours, peer = socket.socketpair()
-        _, protocol = await loop.connect_accepted_socket(Bad, ours)
-        peer.sendall(b"data")
-        exc = await protocol.done
-        peer.close()
-        return exc
-
-    exc = run(main())
+    _, exc = run(deliver(loop, Bad, b"data"))
     assert type(exc) is error
     (context,) = loop_errors.expect(1)
     assert context["message"] == message
@@ -428,15 +423,8 @@ def test_exception_in_data_received_reaches_the_handler_and_closes(loop, run, lo
         def data_received(self, data):
             raise ZeroDivisionError("boom")
 
-    async def main():
-        ours, peer = socket.socketpair()
-        transport, protocol = await loop.connect_accepted_socket(lambda: Failing(loop), ours)
-        peer.sendall(b"x")
-        exc = await protocol.done
-        assert isinstance(exc, ZeroDivisionError)
-        peer.close()
-
-    run(main())
+    _, exc = run(deliver(loop, lambda: Failing(loop), b"x"))
+    assert isinstance(exc, ZeroDivisionError)
     (context,) = loop_errors.expect(1)
     assert context["message"] == "Fatal error: protocol.data_received() call failed."
     assert isinstance(context["exception"], ZeroDivisionError)
