@@ -372,10 +372,6 @@ impl TimerHandle {
             scheduled: true,
         }
     }
-
-    pub fn deadline(&self) -> f64 {
-        self.when
-    }
 }
 
 #[pymethods]

@@ -139,6 +139,10 @@ pub struct TlsProtocol {
 transport::impl_core!(TlsProtocol);
 
 impl WriteCore for TlsProtocol {
+    fn flow(&self) -> &FlowControl {
+        &self.write_flow
+    }
+
     fn flow_mut(&mut self) -> &mut FlowControl {
         &mut self.write_flow
     }

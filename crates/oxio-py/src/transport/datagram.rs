@@ -21,7 +21,7 @@ use crate::errors::os_error;
 use crate::transport::{
     self, add_writer, is_exit, maybe_pause_protocol, maybe_resume_protocol, protocol_of,
     remove_reader, remove_writer, schedule_connection_lost, with_bytes, with_read_buffer,
-    FlowControl, ReadCore, Wiring, WriteCore, LOG_THRESHOLD_FOR_CONNLOST_WRITES, READ_SIZE,
+    FlowControl, Wiring, WriteCore, LOG_THRESHOLD_FOR_CONNLOST_WRITES, READ_SIZE,
 };
 
 const FATAL_READ: &str = "Fatal read error on datagram transport";
@@ -74,8 +74,14 @@ pub struct DatagramCore {
 transport::impl_core!(DatagramCore);
 
 transport::impl_read_core!(DatagramCore, reading_paused);
+transport::read_transport_methods!(DatagramCore);
+transport::write_buffer_methods!(DatagramCore);
 
 impl WriteCore for DatagramCore {
+    fn flow(&self) -> &FlowControl {
+        &self.flow
+    }
+
     fn flow_mut(&mut self) -> &mut FlowControl {
         &mut self.flow
     }
@@ -359,44 +365,6 @@ impl DatagramCore {
 
     fn is_closing(&self) -> bool {
         self.closing
-    }
-
-    fn is_reading(&self) -> bool {
-        ReadCore::is_reading(self)
-    }
-
-    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        transport::pause_reading(slf)
-    }
-
-    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        transport::resume_reading(slf)
-    }
-
-    /// Starts reading once `connection_made()` has run, unless the protocol paused reading.
-    #[pyo3(signature = (_transport=None))]
-    fn _start_reading(
-        slf: &Bound<'_, Self>,
-        _transport: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        transport::start_reading(slf)
-    }
-
-    #[pyo3(signature = (high=None, low=None))]
-    fn set_write_buffer_limits(
-        slf: &Bound<'_, Self>,
-        high: Option<i64>,
-        low: Option<i64>,
-    ) -> PyResult<()> {
-        transport::set_write_buffer_limits(slf, high, low)
-    }
-
-    fn get_write_buffer_limits(&self) -> (usize, usize) {
-        self.flow.limits()
-    }
-
-    fn get_write_buffer_size(&self) -> usize {
-        self.queue.size()
     }
 
     fn set_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) {

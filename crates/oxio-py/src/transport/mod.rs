@@ -40,7 +40,64 @@ macro_rules! impl_read_core {
     };
 }
 
-pub(crate) use {impl_core, impl_read_core};
+/// `ReadTransport`'s reading methods for a core that implements [`ReadCore`], in a
+/// `#[pymethods]` block of their own beside the core's (pyo3's `multiple-pymethods`).
+macro_rules! read_transport_methods {
+    ($core:ty) => {
+        #[pyo3::pymethods]
+        impl $core {
+            fn is_reading(&self) -> bool {
+                $crate::transport::ReadCore::is_reading(self)
+            }
+
+            fn pause_reading(slf: &pyo3::Bound<'_, Self>) -> pyo3::PyResult<()> {
+                $crate::transport::pause_reading(slf)
+            }
+
+            fn resume_reading(slf: &pyo3::Bound<'_, Self>) -> pyo3::PyResult<()> {
+                $crate::transport::resume_reading(slf)
+            }
+
+            /// Starts reading once `connection_made()` has run, unless the protocol paused
+            /// reading.
+            #[pyo3(signature = (_transport=None))]
+            fn _start_reading(
+                slf: &pyo3::Bound<'_, Self>,
+                _transport: Option<&pyo3::Bound<'_, pyo3::PyAny>>,
+            ) -> pyo3::PyResult<()> {
+                $crate::transport::start_reading(slf)
+            }
+        }
+    };
+}
+
+/// `WriteTransport`'s write-buffer methods for a core that implements [`WriteCore`], in a
+/// `#[pymethods]` block of their own like [`read_transport_methods`].
+macro_rules! write_buffer_methods {
+    ($core:ty) => {
+        #[pyo3::pymethods]
+        impl $core {
+            #[pyo3(signature = (high=None, low=None))]
+            fn set_write_buffer_limits(
+                slf: &pyo3::Bound<'_, Self>,
+                high: Option<i64>,
+                low: Option<i64>,
+            ) -> pyo3::PyResult<()> {
+                $crate::transport::set_write_buffer_limits(slf, high, low)
+            }
+
+            fn get_write_buffer_limits(&self) -> (usize, usize) {
+                $crate::transport::WriteCore::flow(self).limits()
+            }
+
+            fn get_write_buffer_size(&self) -> usize {
+                $crate::transport::WriteCore::write_buffer_size(self)
+            }
+        }
+    };
+}
+
+pub(crate) use {impl_core, impl_read_core, read_transport_methods, write_buffer_methods};
 
 pub(crate) mod datagram;
 pub(crate) mod pipe;
@@ -148,6 +205,7 @@ pub(crate) trait Core: PyClass<Frozen = False> {
 
 /// A core with a write buffer under asyncio's flow control.
 pub(crate) trait WriteCore: Core {
+    fn flow(&self) -> &FlowControl;
     fn flow_mut(&mut self) -> &mut FlowControl;
     /// Bytes accepted by `write()` and not yet handed to the kernel.
     fn write_buffer_size(&self) -> usize;

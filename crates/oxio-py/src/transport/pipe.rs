@@ -20,7 +20,7 @@ use crate::errors::os_error;
 use crate::transport::{
     self, add_reader, add_writer, maybe_pause_protocol, maybe_resume_protocol, protocol_of,
     remove_reader, remove_writer, schedule_connection_lost, with_bytes, with_read_buffer,
-    FlowControl, ReadCore, Wiring, WriteCore, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    FlowControl, Wiring, WriteCore, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 
 #[pyclass(module = "oxio._oxio")]
@@ -33,6 +33,7 @@ pub struct ReadPipeCore {
 transport::impl_core!(ReadPipeCore);
 
 transport::impl_read_core!(ReadPipeCore, paused);
+transport::read_transport_methods!(ReadPipeCore);
 
 impl ReadPipeCore {
     fn close_with(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
@@ -72,27 +73,6 @@ impl ReadPipeCore {
             closing: false,
             paused: false,
         })
-    }
-
-    fn is_reading(&self) -> bool {
-        ReadCore::is_reading(self)
-    }
-
-    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        transport::pause_reading(slf)
-    }
-
-    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        transport::resume_reading(slf)
-    }
-
-    /// Starts reading once `connection_made()` has run, unless the protocol paused reading.
-    #[pyo3(signature = (_transport=None))]
-    fn _start_reading(
-        slf: &Bound<'_, Self>,
-        _transport: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        transport::start_reading(slf)
     }
 
     fn is_closing(&self) -> bool {
@@ -177,8 +157,13 @@ pub struct WritePipeCore {
 }
 
 transport::impl_core!(WritePipeCore);
+transport::write_buffer_methods!(WritePipeCore);
 
 impl WriteCore for WritePipeCore {
+    fn flow(&self) -> &FlowControl {
+        &self.flow
+    }
+
     fn flow_mut(&mut self) -> &mut FlowControl {
         &mut self.flow
     }
@@ -325,23 +310,6 @@ impl WritePipeCore {
 
     fn is_closing(&self) -> bool {
         self.closing
-    }
-
-    #[pyo3(signature = (high=None, low=None))]
-    fn set_write_buffer_limits(
-        slf: &Bound<'_, Self>,
-        high: Option<i64>,
-        low: Option<i64>,
-    ) -> PyResult<()> {
-        transport::set_write_buffer_limits(slf, high, low)
-    }
-
-    fn get_write_buffer_limits(&self) -> (usize, usize) {
-        self.flow.limits()
-    }
-
-    fn get_write_buffer_size(&self) -> usize {
-        self.queue.len()
     }
 
     fn set_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) {
