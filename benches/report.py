@@ -99,6 +99,12 @@ def sections(results, loops):
     network = [name for name, r in results.items() if r["kind"] == "network"]
     if in_process:
         yield "In-process workloads", list(table_lines(results, loops, in_process, WALL))
+        # Equal to the wall-clock rates except where the loop's process waits, as it does for
+        # its children in the subprocess rows.
+        yield (
+            "In-process workloads, per CPU-second",
+            list(table_lines(results, loops, in_process, CPU)),
+        )
     if network:
         yield "Network servers, wall clock", list(table_lines(results, loops, network, WALL))
         yield (
@@ -192,6 +198,8 @@ def write_readme(results, loops, meta):
     busy = generator_load(results)
     scale = meta["workload_scale"]
     scaled = "" if scale == 1 else f", at {scale:g} of their full size (all but `gather 100k`)"
+    seconds = meta.get("workload_seconds")
+    repeated = f"repeated until a sample has lasted {seconds:g} s" if seconds else "once"
     lines = [
         "# oxio benchmarks",
         "",
@@ -206,8 +214,8 @@ def write_readme(results, loops, meta):
         "- Every measurement is a fresh process; the loops are interleaved round by round "
         f"(rotating order), {meta['rounds']} rounds. Figures are medians of operations per "
         "wall-clock second, with min-max; ratios compare medians.",
-        f"- In-process workloads (`workloads.py`) run once after a warm-up{scaled}; `ops/CPU-s` "
-        "counts operations per CPU-second of that process.",
+        f"- In-process workloads (`workloads.py`) run after a warm-up{scaled}, {repeated}; "
+        "`ops/CPU-s` counts operations per CPU-second of that process.",
         f"- Network servers (`net_servers.py`) run on the loop under test; {pinning}. The echo "
         f"rows are driven by `loadgen` (Rust, mio, one thread): {net['connections']} "
         "connections, each sending a message and waiting for its whole echo before the next; "

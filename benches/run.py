@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE))
 import netbench  # noqa: E402
 import report  # noqa: E402
 from netbench import NetOptions, Unavailable  # noqa: E402
-from workloads import WORKLOADS  # noqa: E402
+from workloads import MIN_SECONDS, WORKLOADS  # noqa: E402
 
 LOOPS = ["asyncio", "uvloop", "rloop", "oxio"]
 
@@ -139,6 +139,7 @@ def main():
         "command": shlex.join(["python", "benches/run.py", *sys.argv[1:]]),
         "rounds": opts.rounds,
         "workload_scale": opts.workload_scale,
+        "workload_seconds": MIN_SECONDS * opts.workload_scale,
         "net": dataclasses.asdict(net),
         "cpus": {"server": netbench.SERVER_CPU, "client": netbench.CLIENT_CPU},
         "loadavg": {"before": load_before, "after": os.getloadavg()},

@@ -2,8 +2,9 @@
 
 Run in a fresh process per measurement by `run.py`:
     python benches/workloads.py LOOP WORKLOAD [SCALE]
-prints one JSON line: operations, wall seconds, and CPU seconds of this process. SCALE (default
-1) is the share of the workload's full size to run; `make bench-quick` runs a quarter.
+prints one JSON line: operations, wall seconds, and CPU seconds of this process. A measurement
+runs the workload at its size again and again until it has lasted `MIN_SECONDS`. SCALE (default
+1) scales both the size and that time; `make bench-quick` runs a quarter.
 """
 
 import asyncio
@@ -196,15 +197,22 @@ def new_loop(name):
     raise SystemExit(f"unknown loop {name}")
 
 
+# How long one measurement runs at least. The fastest loops finish a call_soon run in 25 ms, and
+# one stall of the shared machine there made a sample slow by half (rloop, 4.5M against 8.3M
+# calls/s, in the run of 2026-11-26 04:07); over half a second such a stall moves it by 4%.
+MIN_SECONDS = 0.5
+
+
 def measure(loop_name, name, scale=1.0):
     workload = WORKLOADS[name]
     size = round(workload.size * scale) if workload.scalable else workload.size
     loop = new_loop(loop_name)
     try:
         loop.run_until_complete(workload.run(workload.warmup_size))
-        wall, cpu = time.perf_counter(), time.process_time()
-        ops = loop.run_until_complete(workload.run(size))
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        ops, started, cpu = 0, time.perf_counter(), time.process_time()
+        while (wall := time.perf_counter() - started) < MIN_SECONDS * scale or not ops:
+            ops += loop.run_until_complete(workload.run(size))
+        cpu = time.process_time() - cpu
     finally:
         loop.close()
     return {"ops": ops, "wall": wall, "cpu": cpu}
