@@ -164,6 +164,16 @@ def test_context_keyword_spelled_by_distinct_string_objects(run, loop):
         loop.call_soon(print, **{"".join(["con", "texts"]): None})
 
 
+def test_context_named_twice_by_a_caller_in_c_is_refused(loop):
+    # Python's call syntax cannot name a keyword twice; a vectorcall from C can.
+    from _testcapi import pyobject_vectorcall
+
+    context = contextvars.copy_context()
+    for method in (loop.call_soon, loop.call_soon_threadsafe):
+        with pytest.raises(TypeError, match="multiple values for argument 'context'"):
+            pyobject_vectorcall(method, (print, context, context), ("context", "context"))
+
+
 def test_default_context_is_a_copy(loop):
     var = contextvars.ContextVar("var", default="unset")
     var.set("outer")

@@ -3,6 +3,7 @@
 import asyncio
 import contextvars
 import logging
+import sys
 import time
 
 import pytest
@@ -45,6 +46,42 @@ def test_create_task_argument_errors(loop, call, message):
     try:
         with pytest.raises(TypeError, match=message):
             call(loop, coro)
+    finally:
+        coro.close()
+
+
+def test_create_task_argument_errors_come_before_the_closed_check(loop):
+    # Python binds the arguments before create_task's body looks at the loop; 3.14 forwards
+    # unknown keywords to the task, so there the closed loop is what is reported.
+    async def never_run():
+        pass
+
+    coro = never_run()
+    loop.close()
+    forwarded = sys.version_info >= (3, 14)
+    try:
+        with pytest.raises(
+            RuntimeError if forwarded else TypeError,
+            match="is closed" if forwarded else "unexpected keyword argument 'color'",
+        ):
+            loop.create_task(coro, color=1)
+        with pytest.raises(TypeError, match="multiple values for argument 'coro'"):
+            loop.create_task(coro, coro=coro)
+    finally:
+        coro.close()
+
+
+def test_create_task_keyword_named_twice_by_a_caller_in_c_is_refused(loop):
+    from _testcapi import pyobject_vectorcall
+
+    async def never_run():
+        pass
+
+    coro = never_run()
+    try:
+        for keyword in ("name", "context"):
+            with pytest.raises(TypeError, match=f"multiple values for argument '{keyword}'"):
+                pyobject_vectorcall(loop.create_task, (coro, None, None), (keyword, keyword))
     finally:
         coro.close()
 

@@ -126,11 +126,9 @@ class Loop(
 
     # create_future, create_task, set_task_factory and get_task_factory are native.
 
-    def _create_task_slow(self, coro, name, context, **kwargs):
-        """create_task() with a task factory or extra keywords, as CPython calls them."""
-        if kwargs and not _compat.CREATE_TASK_FORWARDS_KWARGS:
-            unexpected = next(iter(kwargs))
-            raise TypeError(f"create_task() got an unexpected keyword argument '{unexpected}'")
+    def _create_task_slow(self, coro, name, context, /, **kwargs):
+        """create_task() with a task factory or extra keywords (3.14 and later; the native part
+        refuses them before), as CPython calls them."""
         factory = self._task_factory
         if factory is None:
             task = tasks.Task(coro, loop=self, name=name, context=context, **kwargs)

@@ -31,6 +31,8 @@ fn module_attribute<'py>(
     }
 }
 
+/// The tuple of interned keyword names `names`, built once into `cell`. Only strings go in, which
+/// is what [`vectorcall`] relies on.
 fn kwnames<'py>(
     py: Python<'py>,
     cell: &'static PyOnceLock<Py<PyTuple>>,
@@ -43,7 +45,8 @@ fn kwnames<'py>(
     .map(|t| t.bind(py))
 }
 
-/// `callable(*args[..n_positional], **dict(zip(kwnames, args[n_positional..])))` by vectorcall.
+/// `callable(*args[..n_positional], **dict(zip(kwnames, args[n_positional..])))` by vectorcall,
+/// where `kwnames` comes from [`kwnames`].
 ///
 /// The argument array lives on the stack: in a `Vec`, its allocation and free were 250 of the
 /// 30k instructions of a queue ping-pong round trip (callgrind).
@@ -54,10 +57,13 @@ fn vectorcall<'py, const N: usize>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = callable.py();
     let raw = args.map(|a| a.as_ptr());
+    // More names than arguments would have the callee read past `raw`.
+    assert!(kwnames.len() <= N, "more keyword names than arguments");
     let positional = N - kwnames.len();
     // SAFETY: `raw` holds `N` borrowed pointers kept alive by `args` for the call; `kwnames`
-    // is a tuple of interned strings naming the trailing arguments, as the vectorcall protocol
-    // requires. The result is a new reference or NULL with an exception set.
+    // (from `kwnames()`, so strings only) names the last of them, no more than there are, as
+    // the vectorcall protocol requires. The result is a new reference or NULL with an
+    // exception set.
     unsafe {
         let result = pyo3::ffi::PyObject_Vectorcall(
             callable.as_ptr(),

@@ -28,22 +28,27 @@ pub fn recv_nowait(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     recv_with_flags(fd, buf, libc::MSG_DONTWAIT)
 }
 
-/// `recv(2)` into `buf` with `flags`.
+/// `recv(2)` into `buf` with `flags`; the count is capped at `buf.len()` (see [`recv_uninit`]).
 pub fn recv_with_flags(fd: RawFd, buf: &mut [u8], flags: i32) -> io::Result<usize> {
-    retry_interrupted(|| {
+    let got = retry_interrupted(|| {
         // SAFETY: `buf` is a live, writable slice; the kernel writes at most `buf.len()` bytes.
         unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) }
-    })
+    })?;
+    Ok(got.min(buf.len()))
 }
 
 /// `recv(2)` into memory not yet initialised, with `flags`; returns how many bytes the kernel
 /// wrote at the start of `buf`.
+///
+/// With `MSG_TRUNC` the kernel reports a datagram's whole length, which can exceed `buf`; the
+/// count is capped at `buf.len()`, so that callers may always trust it as the initialised span.
 pub fn recv_uninit(fd: RawFd, buf: &mut [MaybeUninit<u8>], flags: i32) -> io::Result<usize> {
-    retry_interrupted(|| {
+    let got = retry_interrupted(|| {
         // SAFETY: `buf` is a live, writable slice; the kernel writes at most `buf.len()` bytes
         // and never reads them, so their being uninitialised is fine.
         unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) }
-    })
+    })?;
+    Ok(got.min(buf.len()))
 }
 
 /// How many bytes are waiting to be read on a socket or pipe (`FIONREAD`).

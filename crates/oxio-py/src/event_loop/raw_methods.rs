@@ -20,7 +20,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyString, PyTuple};
 use pyo3::PyTypeInfo;
 
-use super::scheduling::{self, keyword_is, missing_arguments, multiple_values};
+use super::scheduling::{self, keyword_is, missing_arguments, multiple_values, unexpected_keyword};
 use super::EventLoop;
 use crate::tasks;
 
@@ -116,20 +116,21 @@ impl<'a, 'py> TaskArgs<'a, 'py> {
             let names = unsafe { Borrowed::from_ptr(py, kwnames).cast_unchecked::<PyTuple>() };
             for (i, keyword) in names.iter_borrowed().enumerate() {
                 let value = arg(nargs + i);
-                let slot = if keyword_is(&keyword, "name") {
-                    &mut name
+                let (param, slot) = if keyword_is(&keyword, "name") {
+                    ("name", &mut name)
                 } else if keyword_is(&keyword, "context") {
-                    &mut context
+                    ("context", &mut context)
                 } else if keyword_is(&keyword, "coro") {
-                    &mut coro
-                } else {
+                    ("coro", &mut coro)
+                } else if forwards_extra_keywords(py) {
                     let extra = kwargs.get_or_insert_with(|| PyDict::new(py));
                     extra.set_item(keyword, value)?;
                     continue;
+                } else {
+                    return Err(unexpected_keyword("create_task", &keyword));
                 };
-                // Python rejects a keyword given twice, so only `coro` can be given twice.
                 if slot.replace(value).is_some() {
-                    return Err(multiple_values("create_task", "coro"));
+                    return Err(multiple_values("create_task", param));
                 }
             }
         }
@@ -143,6 +144,13 @@ impl<'a, 'py> TaskArgs<'a, 'py> {
             kwargs,
         })
     }
+}
+
+/// Whether `create_task` passes keywords it does not know on to the task (3.14 and later);
+/// before, they are a `TypeError`, raised before the loop is even looked at.
+#[cold]
+fn forwards_extra_keywords(py: Python<'_>) -> bool {
+    py.version_info() >= (3, 14)
 }
 
 #[cold]

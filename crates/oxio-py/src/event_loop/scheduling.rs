@@ -55,7 +55,10 @@ impl<'a, 'py, const N: usize> CallArgs<'a, 'py, N> {
             for (i, keyword) in names.iter_borrowed().enumerate() {
                 let value = arg(nargs + i);
                 if is_context_keyword(&keyword) {
-                    context = Some(value);
+                    // Only a caller from C can name an argument twice.
+                    if context.replace(value).is_some() {
+                        return Err(multiple_values(name, "context"));
+                    }
                     continue;
                 }
                 let Some(param) = params.iter().position(|p| keyword_is(&keyword, p)) else {
