@@ -149,6 +149,31 @@ def test_a_stopped_loop_left_in_a_cycle_with_pending_callbacks_is_collected(
     assert ref() is None
 
 
+def test_a_loop_left_with_pending_task_steps_and_done_callbacks_is_collected(loop_factory):
+    # asyncio's C Task and Future schedule these without a handle object on oxio: the loop
+    # itself must show them to the GC.
+    def abandon():
+        loop = loop_factory()
+        waiter = loop.create_future()
+        holder = Holder()
+        holder.loop = loop
+        holder.task = loop.create_task(waiter_of(waiter))
+        loop.run_until_complete(asyncio.sleep(0))  # the task starts and waits
+        waiter.add_done_callback(lambda future: holder.callback())
+        # With the loop stopped, the task's wake-up and the done callback stay pending.
+        waiter.set_result(holder)
+        return weakref.ref(loop), weakref.ref(holder)
+
+    async def waiter_of(future):
+        await future
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # the loop is unclosed on purpose
+        refs = abandon()
+        gc.collect()
+    assert [ref() for ref in refs] == [None, None]
+
+
 def test_handles_that_ran_are_not_left_for_the_gc_to_find(loop):
     handle_type = type(loop.call_soon(int))
 

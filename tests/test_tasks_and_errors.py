@@ -86,6 +86,43 @@ def test_create_task_keyword_named_twice_by_a_caller_in_c_is_refused(loop):
         coro.close()
 
 
+def test_a_failing_done_callback_reaches_the_handler_with_its_handle(run, loop, loop_errors):
+    # The C Future schedules its done callbacks through call_soon; oxio keeps no handle for
+    # them until one fails, and then reports one as asyncio does.
+    def fail(future):
+        raise ZeroDivisionError("boom")
+
+    async def main():
+        future = loop.create_future()
+        future.add_done_callback(fail)
+        future.set_result("value")
+        await asyncio.sleep(0)
+        return future
+
+    future = run(main())
+    (context,) = loop_errors.expect(1)
+    assert context["message"].startswith(f"Exception in callback {fail.__qualname__}(<Future")
+    assert isinstance(context["exception"], ZeroDivisionError)
+    assert context["handle"]._callback is fail
+    assert context["handle"]._args == (future,)
+
+
+def test_task_steps_scheduled_before_debug_mode_are_timed(loop, caplog):
+    async def slow():
+        time.sleep(0.06)
+        return "done"
+
+    task = loop.create_task(slow())
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.05
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        assert loop.run_until_complete(task) == "done"
+    assert any(
+        record.getMessage().startswith("Executing <Task") and "took" in record.getMessage()
+        for record in caplog.records
+    )
+
+
 def test_create_task_takes_coro_name_and_context_by_keyword(run, loop):
     async def main():
         task = loop.create_task(coro=asyncio.sleep(0, "done"), name=None, context=None)

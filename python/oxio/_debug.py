@@ -2,7 +2,7 @@
 
 import sys
 import time
-from asyncio import coroutines, format_helpers
+from asyncio import base_events, coroutines, format_helpers
 from asyncio.log import logger
 
 
@@ -25,7 +25,9 @@ class DebugMixin:
         return format_helpers.extract_stack(sys._getframe(1))
 
     def _log_slow_callback(self, handle, seconds):
-        logger.warning("Executing %r took %.3f seconds", handle, seconds)
+        # asyncio names a task's step by its task.
+        callback = base_events._format_handle(handle)
+        logger.warning("Executing %s took %.3f seconds", callback, seconds)
 
     @property
     def _debug(self):

@@ -1,7 +1,6 @@
 //! Running a callback inside a `contextvars.Context` without going through `Context.run`.
 
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
 
 /// `contextvars.copy_context()`.
 pub fn copy_current(py: Python<'_>) -> PyResult<Py<PyAny>> {
@@ -13,21 +12,21 @@ pub fn copy_current(py: Python<'_>) -> PyResult<Py<PyAny>> {
     }
 }
 
-/// `ctx.run(callback, *args)`, minus the bound-method lookup and the argument tuple it builds.
+/// `ctx.run(call)`, minus the bound-method lookup and the argument tuple `Context.run` builds.
 ///
 /// Entering a context that is already entered fails exactly as `Context.run` does, with the
 /// same `RuntimeError`, which the caller reports like any other callback error.
-pub fn run_in(
-    py: Python<'_>,
-    ctx: &Bound<'_, PyAny>,
-    callback: &Bound<'_, PyAny>,
-    args: &Bound<'_, PyTuple>,
-) -> PyResult<()> {
+#[inline(always)]
+pub fn run_in<'py>(
+    py: Python<'py>,
+    ctx: &Bound<'py, PyAny>,
+    call: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
     // SAFETY: `ctx` is a live object; PyContext_Enter checks its type and reports errors.
     if unsafe { pyo3::ffi::PyContext_Enter(ctx.as_ptr()) } < 0 {
         return Err(PyErr::fetch(py));
     }
-    let result = callback.call1(args).map(drop);
+    let result = call();
     // SAFETY: the context was entered just above on this thread, so exiting it cannot fail.
     unsafe { pyo3::ffi::PyContext_Exit(ctx.as_ptr()) };
     result

@@ -21,12 +21,15 @@ use crate::errors::os_error;
 use crate::handle::{self, prefetch, Handle, TimerHandle, SPARE_HANDLES};
 use crate::sock::{Op, SockCoroutine};
 use crate::tasks;
+use ready::{Ready, Step};
 use scheduling::CallArgs;
 
 pub(crate) use raw_methods::install as install_raw_methods;
+pub(crate) use ready::learn_c_asyncio_keywords;
 
 mod iteration;
 mod raw_methods;
+mod ready;
 mod scheduling;
 mod watchers;
 
@@ -46,7 +49,7 @@ const UNTRACKED_READY_LENGTH: usize = 256;
 /// Invariant: no Python code runs while the lock is held, and no Python object is dropped under
 /// it (a `__del__` could call back into the loop and deadlock). Objects leave the lock first.
 struct Core {
-    ready: VecDeque<Py<Handle>>,
+    ready: VecDeque<Ready>,
     timers: TimerHeap<Py<TimerHandle>>,
     /// Cancelled timers still in the heap (counted by `_timer_handle_cancelled`).
     cancelled_timers: usize,
@@ -73,7 +76,7 @@ struct Core {
 // (callgrind --cache-sim).
 struct IterationBuffers {
     events: Events,
-    batch: VecDeque<Py<Handle>>,
+    batch: VecDeque<Ready>,
     /// The handles the last batch emptied for reuse, handed to `Core::spare_handles` when the
     /// next iteration takes the lock.
     recycled: Vec<Py<Handle>>,
@@ -250,8 +253,24 @@ impl EventLoop {
         if self.keeps_out_of_view(&core) {
             handle::untrack(handle);
         }
-        core.ready.push_back(handle.clone().unbind());
+        core.ready.push_back(Ready::Handle(handle.clone().unbind()));
         Ok(())
+    }
+
+    /// Schedules a call of asyncio's C `Future` or `Task` without a handle (see `ready.rs`);
+    /// false in debug mode, where it takes `call_soon`'s full path, checks and all.
+    fn schedule_step(&self, step: Step) -> PyResult<bool> {
+        self.check_closed()?;
+        if self.is_debug() {
+            return Ok(false);
+        }
+        let mut core = self.core();
+        if core.poller.is_none() {
+            drop(core);
+            return Err(closed_error());
+        }
+        core.ready.push_back(Ready::Step(step));
+        Ok(true)
     }
 
     /// `call_soon` and `call_soon_threadsafe` (see `scheduling.rs` for how they are called).
@@ -316,7 +335,7 @@ impl EventLoop {
             if let Some(spare) = core.spare_handles.pop() {
                 let in_view = !self.keeps_out_of_view(&core);
                 let handle = handle::refill(spare.into_bound(py), fields, in_view);
-                core.ready.push_back(handle.clone().unbind());
+                core.ready.push_back(Ready::Handle(handle.clone().unbind()));
                 return Ok(handle);
             }
         }
@@ -341,14 +360,21 @@ impl EventLoop {
     }
 
     /// Empties the ready queue, the timer heap, the watchers and the spare handles, handing
-    /// their handles back to be released outside the lock.
-    fn take_scheduled(&self) -> (Vec<Py<Handle>>, Vec<Py<TimerHandle>>) {
+    /// their handles back to be released outside the lock; the ready queue's steps go with
+    /// them, to be dropped there too.
+    fn take_scheduled(&self) -> (Vec<Py<Handle>>, Vec<Py<TimerHandle>>, Vec<Step>) {
         let mut core = self.core();
-        let mut handles: Vec<_> = core.ready.drain(..).collect();
+        let (mut handles, mut steps) = (Vec::new(), Vec::new());
+        for entry in core.ready.drain(..) {
+            match entry {
+                Ready::Handle(handle) => handles.push(handle),
+                Ready::Step(step) => steps.push(step),
+            }
+        }
         handles.append(&mut core.spare_handles);
         handles.extend(core.readers.drain().map(|(_, h)| h));
         handles.extend(core.writers.drain().map(|(_, h)| h));
-        (handles, core.timers.drain())
+        (handles, core.timers.drain(), steps)
     }
 
     /// Releases `handles` and `timers` (see `handle::release`), leaving both lists empty.
@@ -658,12 +684,13 @@ impl EventLoop {
     /// the loop is mid-update) hides the contents, which only delays collection.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Ok(core) = self.core.try_lock() {
-            for handle in core
-                .ready
-                .iter()
-                .chain(core.readers.values())
-                .chain(core.writers.values())
-            {
+            for entry in &core.ready {
+                match entry {
+                    Ready::Handle(handle) => visit.call(handle)?,
+                    Ready::Step(step) => step.traverse(&visit)?,
+                }
+            }
+            for handle in core.readers.values().chain(core.writers.values()) {
                 visit.call(handle)?;
             }
             for timer in core.timers.iter() {
@@ -678,8 +705,8 @@ impl EventLoop {
 
     fn __clear__(&self, py: Python<'_>) {
         let factory = lock(&self.task_factory).take();
-        let (mut handles, mut timers) = self.take_scheduled();
-        drop(factory);
+        let (mut handles, mut timers, steps) = self.take_scheduled();
+        drop((factory, steps));
         Self::release_all(py, &mut handles, &mut timers);
     }
 
@@ -688,12 +715,12 @@ impl EventLoop {
         if self.closed.swap(true, Ordering::Relaxed) {
             return;
         }
-        let (mut handles, mut timers) = self.take_scheduled();
+        let (mut handles, mut timers, steps) = self.take_scheduled();
         let released = {
             let mut core = self.core();
             (core.poller.take(), core.waker.take())
         };
-        drop(released);
+        drop((released, steps));
         Self::release_all(py, &mut handles, &mut timers);
     }
 }

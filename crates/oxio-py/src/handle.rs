@@ -211,21 +211,24 @@ pub fn run(py: Python<'_>, handle: &Bound<'_, Handle>) -> PyResult<()> {
             _ => return Ok(()),
         }
     };
-    let result = context::run_in(py, &ctx, &callback, &args);
+    let result = context::run_in(py, &ctx, || callback.call1(&args));
     match result {
-        Ok(()) => Ok(()),
+        Ok(_) => Ok(()),
         Err(err)
             if err.is_instance_of::<PySystemExit>(py)
                 || err.is_instance_of::<PyKeyboardInterrupt>(py) =>
         {
             Err(err)
         }
-        Err(err) => report_callback_error(py, handle, &callback, &args, err),
+        Err(err) => report_error(py, handle, &callback, &args, err),
     }
 }
 
+/// Hands `err`, raised by `callback(*args)`, `handle`'s call, to the loop's exception handler
+/// with asyncio's context: message, exception, handle and, in debug mode, where the handle was
+/// made. The call is passed in, since running it may have cancelled the handle and emptied it.
 #[cold]
-fn report_callback_error(
+pub(crate) fn report_error(
     py: Python<'_>,
     handle: &Bound<'_, Handle>,
     callback: &Bound<'_, PyAny>,

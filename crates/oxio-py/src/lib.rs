@@ -19,6 +19,7 @@ use pyo3::prelude::*;
 fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::EventLoop>()?;
     event_loop::install_raw_methods(m.py())?;
+    event_loop::learn_c_asyncio_keywords(m.py());
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
     m.add_class::<sock::SockCoroutine>()?;

@@ -11,7 +11,7 @@ use oxio_core::{monotonic, Events, Poller, TimerHeap};
 use pyo3::intern;
 use pyo3::prelude::*;
 
-use super::{closed_error, Core, EventLoop, IterationBuffers, WAKER_TOKEN};
+use super::{closed_error, Core, EventLoop, IterationBuffers, Ready, WAKER_TOKEN};
 use crate::errors::os_error;
 use crate::handle::{self, prefetch, Handle, TimerHandle, SPARE_HANDLES};
 
@@ -154,7 +154,7 @@ impl EventLoop {
                     }
                 } else {
                     let handle = handle.clone_ref(py);
-                    core.ready.push_back(handle);
+                    core.ready.push_back(Ready::Handle(handle));
                 }
             }
         }
@@ -190,7 +190,7 @@ impl EventLoop {
                 garbage.push(timer);
             } else {
                 let handle: Py<Handle> = timer.into_bound(py).into_super().unbind();
-                core.ready.push_back(handle);
+                core.ready.push_back(Ready::Handle(handle));
             }
         }
     }
@@ -200,18 +200,38 @@ impl EventLoop {
     fn run_ready(
         slf: &Bound<'_, Self>,
         py: Python<'_>,
-        batch: &mut VecDeque<Py<Handle>>,
+        batch: &mut VecDeque<Ready>,
         recycled: &mut Vec<Py<Handle>>,
     ) -> PyResult<()> {
         let this = slf.get();
         let debug = this.is_debug();
         let mut result = Ok(());
         let cold = batch.len() >= prefetch::LONG_BATCH;
-        while let Some(handle) = batch.pop_front() {
+        while let Some(entry) = batch.pop_front() {
             if cold {
-                prefetch::ahead(py, |i| batch.get(i));
+                prefetch::ahead(py, |i| match batch.get(i) {
+                    Some(Ready::Handle(handle)) => Some(handle),
+                    _ => None,
+                });
             }
-            let handle = handle.into_bound(py);
+            let handle = match entry {
+                Ready::Handle(handle) => handle.into_bound(py),
+                Ready::Step(step) if !debug => {
+                    result = step.run(py, slf.as_any());
+                    if result.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                // Debug mode came on after the step was scheduled: it is timed as a handle.
+                Ready::Step(step) => match step.into_handle(py, slf.as_any()) {
+                    Ok(handle) => handle,
+                    Err(err) => {
+                        result = Err(err);
+                        break;
+                    }
+                },
+            };
             result = if debug {
                 Self::run_timed(slf, py, &handle)
             } else {
@@ -232,8 +252,8 @@ impl EventLoop {
             // SystemExit/KeyboardInterrupt escaped a callback: the callbacks not yet run stay
             // first in line, as they do in asyncio's `_ready`.
             let mut core = this.core();
-            while let Some(handle) = batch.pop_back() {
-                core.ready.push_front(handle);
+            while let Some(entry) = batch.pop_back() {
+                core.ready.push_front(entry);
             }
         }
         result
@@ -265,8 +285,10 @@ impl EventLoop {
     /// running (see `handle::untrack`).
     pub(super) fn track_scheduled(&self, py: Python<'_>) {
         let core = self.core();
-        for ready in &core.ready {
-            handle::track(ready.bind(py));
+        for entry in &core.ready {
+            if let Ready::Handle(handle) = entry {
+                handle::track(handle.bind(py));
+            }
         }
         for timer in core.timers.iter() {
             handle::track(timer.bind(py).as_super());

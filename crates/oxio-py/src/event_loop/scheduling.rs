@@ -14,6 +14,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple};
 
 use super::raw_methods::guard;
+use super::ready::Step;
 use super::EventLoop;
 
 /// The arguments of `name(p1, ..., pN, *args, context=None)`, as asyncio's scheduling
@@ -208,6 +209,15 @@ impl Method {
         kwnames: *mut ffi::PyObject,
     ) -> PyResult<Bound<'py, PyAny>> {
         let (py, name) = (slf.py(), self.name());
+        if self == Self::Soon {
+            // SAFETY: the caller's guarantee, passed on.
+            if let Some(step) = unsafe { Step::from_c_asyncio(py, args, nargs, kwnames) } {
+                if slf.get().schedule_step(step)? {
+                    // The caller drops the result unseen (see `ready.rs`).
+                    return Ok(py.None().into_bound(py));
+                }
+            }
+        }
         Ok(match self {
             Self::Soon | Self::SoonThreadsafe => {
                 // SAFETY: the caller's guarantee, passed on.
