@@ -1,9 +1,15 @@
-//! OS errors as Python raises them.
+//! OS errors as Python raises them, and the exceptions that leave the loop.
 
 use std::io;
 
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
 use pyo3::prelude::*;
+
+/// SystemExit and KeyboardInterrupt leave the loop; every other exception stays inside it.
+pub(crate) fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
+}
 
 /// `err` as Python's `os` and `socket` modules raise it (they call `PyErr_SetFromErrno` too):
 /// `OSError(errno, strerror)`, which Python turns into the matching subclass

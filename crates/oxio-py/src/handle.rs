@@ -1,7 +1,6 @@
 //! asyncio's callback handles: `Handle` (scheduled by `call_soon`) and `TimerHandle` (by
 //! `call_at`/`call_later`), with the attributes and repr that asyncio code reads.
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -10,6 +9,7 @@ use pyo3::types::{PyDict, PyTuple};
 use pyo3::PyClassInitializer;
 
 use crate::context;
+use crate::errors::is_exit;
 use crate::stdlib;
 
 mod lifecycle;
@@ -214,12 +214,7 @@ pub fn run(py: Python<'_>, handle: &Bound<'_, Handle>) -> PyResult<()> {
     let result = context::run_in(py, &ctx, || callback.call1(&args));
     match result {
         Ok(_) => Ok(()),
-        Err(err)
-            if err.is_instance_of::<PySystemExit>(py)
-                || err.is_instance_of::<PyKeyboardInterrupt>(py) =>
-        {
-            Err(err)
-        }
+        Err(err) if is_exit(py, &err) => Err(err),
         Err(err) => report_error(py, handle, &callback, &args, err),
     }
 }

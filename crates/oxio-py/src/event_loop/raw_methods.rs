@@ -175,13 +175,13 @@ unsafe extern "C" fn get_debug(
 }
 
 /// A method definition CPython keeps a pointer to for the life of the process.
-struct MethodDef(ffi::PyMethodDef);
+pub(super) struct MethodDef(pub(super) ffi::PyMethodDef);
 
 // SAFETY: CPython only reads a method definition, and these hold pointers to static data.
 unsafe impl Sync for MethodDef {}
 
 impl MethodDef {
-    const fn with_keywords(
+    pub(super) const fn with_keywords(
         name: &'static CStr,
         entry: ffi::PyCFunctionFastWithKeywords,
         doc: &'static CStr,

@@ -17,7 +17,6 @@
 use std::cell::Cell;
 use std::ptr;
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
@@ -25,7 +24,10 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{IntoPyDict, PyBool, PyDict, PyTuple};
 
 use crate::context;
+use crate::errors::is_exit;
 use crate::handle::{self, Handle};
+
+use super::raw_methods::MethodDef;
 
 /// An entry of the ready queue.
 pub(super) enum Ready {
@@ -89,12 +91,7 @@ impl Step {
         });
         match result {
             Ok(_) => Ok(()),
-            Err(err)
-                if err.is_instance_of::<PySystemExit>(py)
-                    || err.is_instance_of::<PyKeyboardInterrupt>(py) =>
-            {
-                Err(err)
-            }
+            Err(err) if is_exit(py, &err) => Err(err),
             Err(err) => self.report(py, loop_, err),
         }
     }
@@ -167,19 +164,11 @@ unsafe extern "C" fn record_keywords(
     unsafe { ffi::Py_NewRef(ffi::Py_None()) }
 }
 
-struct RecorderDef(ffi::PyMethodDef);
-
-// SAFETY: CPython only reads a method definition, and this one points to static data.
-unsafe impl Sync for RecorderDef {}
-
-static RECORDER: RecorderDef = RecorderDef(ffi::PyMethodDef {
-    ml_name: c"call_soon".as_ptr(),
-    ml_meth: ffi::PyMethodDefPointer {
-        PyCFunctionFastWithKeywords: record_keywords,
-    },
-    ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-    ml_doc: ptr::null(),
-});
+static RECORDER: MethodDef = MethodDef::with_keywords(
+    c"call_soon",
+    record_keywords,
+    c"The stand-in loop's call_soon: records its keyword names.",
+);
 
 /// Learns the keyword names of asyncio's C `Future` and `Task` (see the module's
 /// documentation). Without the C module, or if anything differs from what is expected, the

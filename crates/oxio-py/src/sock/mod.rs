@@ -24,9 +24,9 @@ use pyo3::{ffi, intern, PyTypeInfo};
 use ops::Attempt;
 pub(crate) use ops::Op;
 
+use crate::errors::is_exit;
 use crate::event_loop::EventLoop;
 use crate::handle::Handle;
-use crate::transport::is_exit;
 use crate::{stdlib, tasks};
 
 /// A pending `sock_*` call: the coroutine that `await loop.sock_recv(...)` drives.

@@ -11,8 +11,9 @@ use pyo3::types::{PyBytes, PyMemoryView, PySlice, PyString};
 
 use super::records::{read_into, read_records, read_sized, readable, Decrypted, ReadInto};
 use super::{bio_pending, AppState, TlsProtocol, TlsState};
+use crate::errors::is_exit;
 use crate::stdlib;
-use crate::transport::{self, is_exit, protocol_of, with_bytes, WriteCore, READ_SIZE};
+use crate::transport::{self, protocol_of, with_bytes, WriteCore, READ_SIZE};
 
 /// How a call into the `SSLObject` ended.
 pub(super) enum Ssl<'py> {

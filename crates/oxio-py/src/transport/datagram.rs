@@ -17,11 +17,11 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use super::sockaddr;
-use crate::errors::os_error;
+use crate::errors::{is_exit, os_error};
 use crate::transport::{
-    self, add_writer, is_exit, maybe_pause_protocol, maybe_resume_protocol, protocol_of,
-    remove_reader, remove_writer, schedule_connection_lost, with_bytes, with_read_buffer,
-    FlowControl, Wiring, WriteCore, LOG_THRESHOLD_FOR_CONNLOST_WRITES, READ_SIZE,
+    self, add_writer, maybe_pause_protocol, maybe_resume_protocol, protocol_of, remove_reader,
+    remove_writer, schedule_connection_lost, with_bytes, with_read_buffer, FlowControl, Wiring,
+    WriteCore, LOG_THRESHOLD_FOR_CONNLOST_WRITES, READ_SIZE,
 };
 
 const FATAL_READ: &str = "Fatal read error on datagram transport";

@@ -107,7 +107,7 @@ pub(crate) mod stream;
 
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -120,11 +120,6 @@ pub(crate) use reading::{recv_bytes, with_read_buffer, READ_SIZE};
 
 /// asyncio warns once this many writes were attempted after the connection was lost.
 pub(crate) const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
-
-/// SystemExit and KeyboardInterrupt leave the loop; every other exception stays inside it.
-pub(crate) fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
-}
 
 /// The bytes of a bytes-like object, as `socket.send()` would take them.
 pub(crate) fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
@@ -456,7 +451,7 @@ pub(crate) fn call_flow_hook<T: Core>(
     };
     match protocol.call_method0(hook) {
         Ok(_) => Ok(()),
-        Err(err) if is_exit(slf.py(), &err) => Err(err),
+        Err(err) if crate::errors::is_exit(slf.py(), &err) => Err(err),
         Err(err) => report_error(slf, message, &err),
     }
 }

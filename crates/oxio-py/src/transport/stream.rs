@@ -14,10 +14,10 @@ use pyo3::intern;
 use pyo3::prelude::*;
 
 use crate::buffer;
-use crate::errors::os_error;
+use crate::errors::{is_exit, os_error};
 use crate::tls::TlsProtocol;
 use crate::transport::{
-    self, add_writer, is_buffered_protocol, is_exit, maybe_pause_protocol, maybe_resume_protocol,
+    self, add_writer, is_buffered_protocol, maybe_pause_protocol, maybe_resume_protocol,
     protocol_of, remove_reader, remove_writer, schedule_connection_lost, with_bytes,
     with_read_buffer, FlowControl, Wiring, WriteCore, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
