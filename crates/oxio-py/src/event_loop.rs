@@ -18,7 +18,7 @@ use pyo3::types::{PyDict, PyTuple};
 use pyo3::{intern, PyClassInitializer};
 
 use crate::errors::os_error;
-use crate::handle::{self, prefetch, Handle, TimerHandle, SPARE_HANDLES};
+use crate::handle::{self, prefetch, Handle, HandleFields, TimerHandle, SPARE_HANDLES};
 use crate::sock::{Op, SockCoroutine};
 use crate::tasks;
 use ready::{Ready, Step};
@@ -223,7 +223,7 @@ impl EventLoop {
             .unbind())
     }
 
-    /// Inlined, as `Handle::create` is into it: a handle's fields returned through memory were
+    /// Inlined, as `HandleFields::new` is into it: a handle's fields returned through memory were
     /// read back at once, and the wide reads of narrow writes stalled (store forwarding).
     // NOTE: call_soon went from 1675 to 1628 instructions per callback (callgrind) and its time
     // down by about 2%; sleep(0), queue ping-pong and call_later by 1-1.5% in instructions.
@@ -234,8 +234,8 @@ impl EventLoop {
         args: &Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
         source_traceback: Option<Py<PyAny>>,
-    ) -> PyResult<Handle> {
-        Handle::create(
+    ) -> PyResult<HandleFields> {
+        HandleFields::new(
             slf.py(),
             callback.clone().unbind(),
             args.clone().unbind(),
@@ -253,7 +253,8 @@ impl EventLoop {
         if self.keeps_out_of_view(&core) {
             handle::untrack(handle);
         }
-        core.ready.push_back(Ready::Handle(handle.clone().unbind()));
+        let entry = handle.clone().unbind();
+        ready::push(&mut core.ready, || Ready::Handle(entry));
         Ok(())
     }
 
@@ -269,7 +270,7 @@ impl EventLoop {
             drop(core);
             return Err(closed_error());
         }
-        core.ready.push_back(Ready::Step(step));
+        ready::push(&mut core.ready, || Ready::Step(step));
         Ok(true)
     }
 
@@ -325,7 +326,11 @@ impl EventLoop {
 
     /// Schedules a new handle holding `fields`: a spare one when the loop has one, else a new
     /// object.
-    fn schedule_new<'py>(&self, py: Python<'py>, fields: Handle) -> PyResult<Bound<'py, Handle>> {
+    fn schedule_new<'py>(
+        &self,
+        py: Python<'py>,
+        fields: HandleFields,
+    ) -> PyResult<Bound<'py, Handle>> {
         {
             let mut core = self.core();
             if core.poller.is_none() {
@@ -333,13 +338,17 @@ impl EventLoop {
                 return Err(closed_error());
             }
             if let Some(spare) = core.spare_handles.pop() {
-                let in_view = !self.keeps_out_of_view(&core);
-                let handle = handle::refill(spare.into_bound(py), fields, in_view);
-                core.ready.push_back(Ready::Handle(handle.clone().unbind()));
+                let view = handle::SpareView {
+                    handle: !self.running(),
+                    context: !self.keeps_out_of_view(&core),
+                };
+                let handle = handle::refill(spare.into_bound(py), fields, view);
+                let entry = handle.clone().unbind();
+                ready::push(&mut core.ready, || Ready::Handle(entry));
                 return Ok(handle);
             }
         }
-        let handle = Bound::new(py, fields)?;
+        let handle = Bound::new(py, Handle::from(fields))?;
         self.schedule_ready(&handle)?;
         Ok(handle)
     }
@@ -418,7 +427,8 @@ impl EventLoop {
         let traceback = Self::debug_checks(slf, &callback, "call_at", true)?;
         let context = call.context.map(|ctx| ctx.to_owned());
         let base = Self::new_handle(slf, &callback, &call.args, context, traceback)?;
-        let init = PyClassInitializer::from(base).add_subclass(TimerHandle::create(when));
+        let init =
+            PyClassInitializer::from(Handle::from(base)).add_subclass(TimerHandle::create(when));
         let timer = Bound::new(slf.py(), init)?;
         let mut core = this.core();
         if core.poller.is_none() {
@@ -506,8 +516,8 @@ impl EventLoop {
 
     /// Counts a cancelled timer that is still in the heap (asyncio's hook of the same name).
     fn _timer_handle_cancelled(&self, py: Python<'_>, handle: &Bound<'_, TimerHandle>) {
-        if handle.borrow().scheduled {
-            let _ = py;
+        let _ = py;
+        if handle.get().is_scheduled() {
             self.core().cancelled_timers += 1;
         }
     }

@@ -1,6 +1,8 @@
 //! asyncio's callback handles: `Handle` (scheduled by `call_soon`) and `TimerHandle` (by
 //! `call_at`/`call_later`), with the attributes and repr that asyncio code reads.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -8,6 +10,7 @@ use pyo3::pyclass::CompareOp;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::PyClassInitializer;
 
+use crate::attached_cell::{AttachedCell, AttachedRef};
 use crate::context;
 use crate::errors::is_exit;
 use crate::stdlib;
@@ -16,16 +19,27 @@ mod lifecycle;
 pub mod prefetch;
 
 use lifecycle::{is_tracked, set_tracked};
-pub use lifecycle::{recycle, refill, release, track, untrack, SPARE_HANDLES};
+pub use lifecycle::{recycle, refill, release, track, untrack, SpareView, SPARE_HANDLES};
 
 /// A callback with its arguments and `contextvars.Context`, ready to run once.
 ///
-/// Invariant: once `cancelled` is set, `callback` and `args` are `None` and the handle never
-/// runs again (asyncio drops them so that cancelling breaks reference cycles).
+/// Frozen to pyo3: its state sits in an [`AttachedCell`], locked only by Rust code that runs no
+/// Python code meanwhile, so a handle costs no atomic operation on builds with a GIL.
+// NOTE: pyo3's borrow flags took six atomic operations per callback; without them (a patched
+// pyo3, as an experiment) call_soon took 5% less CPU time.
 // No PyO3 free list: it hands back objects set up with `PyObject_Init`, which the cyclic GC no
 // longer tracks, so a cycle through a reused handle (`self.h = loop.call_soon(self.cb)`) leaked.
-#[pyclass(subclass, module = "oxio._oxio")]
+#[pyclass(subclass, frozen, module = "oxio._oxio")]
 pub struct Handle {
+    fields: AttachedCell<HandleFields>,
+}
+
+/// A handle's state.
+///
+/// Invariant: once `cancelled` is set, `callback` and `args` are `None` and the handle never
+/// runs again (asyncio drops them so that cancelling breaks reference cycles).
+#[derive(Default)]
+pub struct HandleFields {
     callback: Option<Py<PyAny>>,
     args: Option<Py<PyTuple>>,
     context: Option<Py<PyAny>>,
@@ -51,11 +65,17 @@ struct DebugRecord {
     frozen_repr: Option<String>,
 }
 
-impl Handle {
-    /// A handle running `callback(*args)` in `context`, or in a copy of the current context
-    /// when `context` is `None`, as asyncio's `Handle` does.
+/// A handle's call, cloned out of it to be made or shown without the handle locked.
+struct Call<'py> {
+    callback: Bound<'py, PyAny>,
+    args: Bound<'py, PyTuple>,
+}
+
+impl HandleFields {
+    /// The state of a handle running `callback(*args)` in `context`, or in a copy of the
+    /// current context when `context` is `None`, as asyncio's `Handle` does.
     #[inline(always)]
-    pub fn create(
+    pub fn new(
         py: Python<'_>,
         callback: Py<PyAny>,
         args: Py<PyTuple>,
@@ -83,24 +103,42 @@ impl Handle {
         })
     }
 
-    /// A handle with nothing in it, as [`recycle`] leaves one.
-    fn empty() -> Self {
+    /// Moves the state out, leaving an empty handle's, field by field.
+    // NOTE: `mem::replace` of the whole struct read it back with wider loads than the stores
+    // that had written it, and each such read stalled (store forwarding; perf annotate of the
+    // call_soon row).
+    fn take(&mut self) -> Self {
         Self {
-            callback: None,
-            args: None,
-            context: None,
-            private_context: false,
-            loop_: None,
-            cancelled: false,
-            debug: None,
+            callback: self.callback.take(),
+            args: self.args.take(),
+            context: self.context.take(),
+            private_context: std::mem::take(&mut self.private_context),
+            loop_: self.loop_.take(),
+            cancelled: std::mem::take(&mut self.cancelled),
+            debug: self.debug.take(),
         }
     }
 
-    /// Takes `fields` in place of an empty handle's (see [`recycle`]).
+    /// Takes `fields` in place of an empty handle's (see [`recycle`]), field by field as
+    /// [`Self::take`] does.
     fn refill(&mut self, fields: Self) {
         debug_assert!(self.callback.is_none() && self.context.is_none() && self.loop_.is_none());
-        // Dropping the empty value would only run `Drop` over its `None`s.
-        std::mem::forget(std::mem::replace(self, fields));
+        let Self {
+            callback,
+            args,
+            context,
+            private_context,
+            loop_,
+            cancelled,
+            debug,
+        } = fields;
+        self.callback = callback;
+        self.args = args;
+        self.context = context;
+        self.private_context = private_context;
+        self.loop_ = loop_;
+        self.cancelled = cancelled;
+        self.debug = debug;
     }
 
     /// The context, now visible to others: from here on the GC must always see it.
@@ -115,25 +153,6 @@ impl Handle {
         Some(context.clone().unbind())
     }
 
-    pub fn is_cancelled(&self) -> bool {
-        self.cancelled
-    }
-
-    pub fn mark_cancelled(&mut self, py: Python<'_>, repr: Option<String>) {
-        if self.cancelled {
-            return;
-        }
-        self.cancelled = true;
-        if let Some(repr) = repr {
-            self.debug.get_or_insert_default().frozen_repr = Some(repr);
-        }
-        // Dropping these inside a pyclass borrow is safe: any `__del__` they trigger may touch
-        // other objects but not this handle's borrow, which only guards plain fields.
-        let _ = py;
-        self.callback = None;
-        self.args = None;
-    }
-
     fn source_traceback(&self) -> Option<&Py<PyAny>> {
         self.debug.as_ref()?.source_traceback.as_ref()
     }
@@ -146,35 +165,21 @@ impl Handle {
         self.loop_.as_ref().map(|l| l.clone_ref(py))
     }
 
-    /// The pieces of `repr(handle)`, asyncio's `_repr_info()`.
-    fn repr_parts(&self, py: Python<'_>, class_name: &str) -> PyResult<Vec<String>> {
-        let mut info = vec![class_name.to_owned()];
-        if self.cancelled {
-            info.push("cancelled".to_owned());
+    fn call<'py>(&self, py: Python<'py>) -> Option<Call<'py>> {
+        match (&self.callback, &self.args) {
+            (Some(callback), Some(args)) => Some(Call {
+                callback: callback.bind(py).clone(),
+                args: args.bind(py).clone(),
+            }),
+            _ => None,
         }
-        if let (Some(cb), Some(args)) = (&self.callback, &self.args) {
-            let source = stdlib::format_callback_source(py, cb.bind(py), args.bind(py))?;
-            info.push(source);
-        }
-        if let Some(tb) = self.source_traceback() {
-            if let Some(line) = stdlib::frame_location(py, tb.bind(py))? {
-                info.push(format!("created at {line}"));
-            }
-        }
-        Ok(info)
     }
-}
 
-impl Drop for Handle {
     /// Drops the references as `Bound`s: dropping a `Py` checks a thread-local for the GIL
     /// first, once per field.
-    // NOTE: this took `drop_in_place::<Handle>` from 137 to 82 instructions per handle, and
-    // the call_soon row from 2162 to 2100 per callback (callgrind).
-    fn drop(&mut self) {
-        // SAFETY: handles are dropped only with the interpreter attached: by their
-        // `tp_dealloc`, or by the loop's own code, which runs holding the GIL; no handle is ever
-        // moved to a thread outside Python. The lifetime ends with this function.
-        let py = unsafe { Python::assume_attached() };
+    // NOTE: this took dropping a handle's fields from 137 to 82 instructions, and the call_soon
+    // row from 2162 to 2100 per callback (callgrind).
+    fn release(mut self, py: Python<'_>) {
         let traceback = self.debug.take().and_then(|debug| debug.source_traceback);
         for field in [
             self.callback.take(),
@@ -185,6 +190,88 @@ impl Drop for Handle {
             drop(field.map(|obj| obj.into_bound(py)));
         }
         drop(self.args.take().map(|args| args.into_bound(py)));
+    }
+}
+
+impl From<HandleFields> for Handle {
+    fn from(fields: HandleFields) -> Self {
+        Self {
+            fields: AttachedCell::new(fields),
+        }
+    }
+}
+
+impl Handle {
+    /// The handle's state, locked: no Python code may run, and no object may be dropped,
+    /// until the guard is (see [`AttachedCell`]).
+    #[inline(always)]
+    fn lock(&self, py: Python<'_>) -> AttachedRef<'_, HandleFields> {
+        self.fields.lock(py)
+    }
+
+    pub fn is_cancelled(&self, py: Python<'_>) -> bool {
+        self.lock(py).cancelled
+    }
+
+    /// Marks the handle cancelled, keeping `repr` as its repr from now on (debug mode), and
+    /// drops its callback and arguments.
+    pub fn mark_cancelled(&self, py: Python<'_>, repr: Option<String>) {
+        let dropped = {
+            let mut this = self.lock(py);
+            if this.cancelled {
+                return;
+            }
+            this.cancelled = true;
+            if let Some(repr) = repr {
+                this.debug.get_or_insert_default().frozen_repr = Some(repr);
+            }
+            (this.callback.take(), this.args.take())
+        };
+        // Dropped unlocked: a `__del__` they trigger may look at this handle.
+        drop(dropped);
+    }
+
+    /// The loop, unless the handle is cancelled already.
+    fn loop_if_pending(&self, py: Python<'_>) -> Option<Option<Py<PyAny>>> {
+        let this = self.lock(py);
+        (!this.cancelled).then(|| this.loop_ref(py))
+    }
+
+    /// The pieces of `repr(handle)`, asyncio's `_repr_info()`.
+    fn repr_parts(&self, py: Python<'_>, class_name: &str) -> PyResult<Vec<String>> {
+        let (cancelled, call, traceback) = {
+            let this = self.lock(py);
+            let traceback = this.source_traceback().map(|tb| tb.clone_ref(py));
+            (this.cancelled, this.call(py), traceback)
+        };
+        let mut info = vec![class_name.to_owned()];
+        if cancelled {
+            info.push("cancelled".to_owned());
+        }
+        if let Some(call) = call {
+            let source = stdlib::format_callback_source(py, &call.callback, &call.args)?;
+            info.push(source);
+        }
+        if let Some(tb) = traceback {
+            if let Some(line) = stdlib::frame_location(py, tb.bind(py))? {
+                info.push(format!("created at {line}"));
+            }
+        }
+        Ok(info)
+    }
+
+    fn frozen_repr(&self, py: Python<'_>) -> Option<String> {
+        self.lock(py).frozen_repr().cloned()
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: handles are dropped only with the interpreter attached: by their
+        // `tp_dealloc`, or by the loop's own code, which runs holding the GIL; no handle is ever
+        // moved to a thread outside Python. The lifetime ends with this function.
+        let py = unsafe { Python::assume_attached() };
+        self.fields.get_mut().take().release(py);
     }
 }
 
@@ -199,23 +286,18 @@ fn loop_is_debug(py: Python<'_>, loop_: Option<&Py<PyAny>>) -> bool {
 /// Runs `handle` in its context. Exceptions other than `SystemExit`/`KeyboardInterrupt` go to
 /// the loop's exception handler, as asyncio's `Handle._run` sends them.
 pub fn run(py: Python<'_>, handle: &Bound<'_, Handle>) -> PyResult<()> {
-    // Bound clones, not `Py` ones: dropping a `Py` checks a thread-local for the GIL.
-    let (callback, args, ctx) = {
-        let this = handle.borrow();
-        match (&this.callback, &this.args, &this.context) {
-            (Some(cb), Some(args), Some(ctx)) if !this.cancelled => (
-                cb.bind(py).clone(),
-                args.bind(py).clone(),
-                ctx.bind(py).clone(),
-            ),
+    let (call, ctx) = {
+        let this = handle.get().lock(py);
+        match (this.call(py), &this.context) {
+            (Some(call), Some(ctx)) if !this.cancelled => (call, ctx.bind(py).clone()),
             _ => return Ok(()),
         }
     };
-    let result = context::run_in(py, &ctx, || callback.call1(&args));
+    let result = context::run_in(py, &ctx, || call.callback.call1(&call.args));
     match result {
         Ok(_) => Ok(()),
         Err(err) if is_exit(py, &err) => Err(err),
-        Err(err) => report_error(py, handle, &callback, &args, err),
+        Err(err) => report_error(py, handle, &call.callback, &call.args, err),
     }
 }
 
@@ -231,8 +313,9 @@ pub(crate) fn report_error(
     err: PyErr,
 ) -> PyResult<()> {
     let (loop_, traceback) = {
-        let this = handle.borrow();
-        let Some(loop_) = this.loop_.as_ref().map(|l| l.clone_ref(py)) else {
+        let this = handle.get().lock(py);
+        let Some(loop_) = this.loop_ref(py) else {
+            drop(this);
             return Err(err);
         };
         (loop_, this.source_traceback().map(|t| t.clone_ref(py)))
@@ -259,35 +342,31 @@ impl Handle {
         py: Python<'_>,
         callback: Py<PyAny>,
         args: Py<PyTuple>,
-        #[allow(unused_variables)] r#loop: Py<PyAny>,
+        r#loop: Py<PyAny>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
-        Self::create(py, callback, args, r#loop, context, None)
+        Ok(HandleFields::new(py, callback, args, r#loop, context, None)?.into())
     }
 
     fn cancel(slf: &Bound<'_, Self>, py: Python<'_>) -> PyResult<()> {
-        let loop_ = {
-            let this = slf.borrow();
-            if this.cancelled {
-                return Ok(());
-            }
-            this.loop_ref(py)
+        let Some(loop_) = slf.get().loop_if_pending(py) else {
+            return Ok(());
         };
         let repr = if loop_is_debug(py, loop_.as_ref()) {
             Some(slf.repr()?.extract::<String>()?)
         } else {
             None
         };
-        slf.borrow_mut().mark_cancelled(py, repr);
+        slf.get().mark_cancelled(py, repr);
         Ok(())
     }
 
-    fn cancelled(&self) -> bool {
-        self.cancelled
+    fn cancelled(&self, py: Python<'_>) -> bool {
+        self.is_cancelled(py)
     }
 
-    fn get_context(&mut self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.shared_context(py)
+    fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.lock(py).shared_context(py)
     }
 
     fn _run(slf: &Bound<'_, Self>, py: Python<'_>) -> PyResult<()> {
@@ -296,33 +375,33 @@ impl Handle {
 
     #[getter(_callback)]
     fn callback_attr(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.callback.as_ref().map(|c| c.clone_ref(py))
+        self.lock(py).callback.as_ref().map(|c| c.clone_ref(py))
     }
 
     #[getter(_args)]
     fn args_attr(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
-        self.args.as_ref().map(|a| a.clone_ref(py))
+        self.lock(py).args.as_ref().map(|a| a.clone_ref(py))
     }
 
     #[getter(_loop)]
     fn loop_attr(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.loop_.as_ref().map(|l| l.clone_ref(py))
+        self.lock(py).loop_ref(py)
     }
 
     #[getter(_context)]
-    fn context_attr(&mut self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.shared_context(py)
+    fn context_attr(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.lock(py).shared_context(py)
     }
 
     #[getter(_cancelled)]
-    fn cancelled_attr(&self) -> bool {
-        self.cancelled
+    fn cancelled_attr(&self, py: Python<'_>) -> bool {
+        self.is_cancelled(py)
     }
 
     /// `extract_stack()` of the scheduling call, captured in debug mode only.
     #[getter(_source_traceback)]
     fn source_traceback_attr(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.source_traceback().map(|tb| tb.clone_ref(py))
+        self.lock(py).source_traceback().map(|tb| tb.clone_ref(py))
     }
 
     fn _repr_info(&self, py: Python<'_>) -> PyResult<Vec<String>> {
@@ -330,45 +409,62 @@ impl Handle {
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        if let Some(repr) = self.frozen_repr() {
-            return Ok(repr.clone());
+        if let Some(repr) = self.frozen_repr(py) {
+            return Ok(repr);
         }
         Ok(format!("<{}>", self.repr_parts(py, "Handle")?.join(" ")))
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.callback)?;
-        visit.call(&self.args)?;
-        visit.call(&self.context)?;
-        visit.call(&self.loop_)?;
-        visit.call(self.source_traceback())?;
+        // SAFETY: the cyclic GC calls `tp_traverse` with the interpreter attached.
+        let py = unsafe { Python::assume_attached() };
+        // A collection that starts while the handle is locked skips it, as pyo3 skips an
+        // object borrowed mutably: its references are being moved.
+        let Some(this) = self.fields.try_lock(py) else {
+            return Ok(());
+        };
+        visit.call(&this.callback)?;
+        visit.call(&this.args)?;
+        visit.call(&this.context)?;
+        visit.call(&this.loop_)?;
+        visit.call(this.source_traceback())?;
         Ok(())
     }
 
-    fn __clear__(&mut self) {
-        self.callback = None;
-        self.args = None;
-        self.context = None;
-        self.loop_ = None;
-        self.debug = None;
+    fn __clear__(&self, py: Python<'_>) {
+        let cleared = self.lock(py).take();
+        cleared.release(py);
     }
 }
 
 /// A handle that fires at an absolute loop time.
-#[pyclass(extends = Handle, subclass, module = "oxio._oxio")]
+#[pyclass(extends = Handle, subclass, frozen, module = "oxio._oxio")]
 pub struct TimerHandle {
     when: f64,
-    /// True while the handle sits in the loop's timer heap.
-    #[pyo3(get, set, name = "_scheduled")]
-    pub scheduled: bool,
+    /// True while the handle sits in the loop's timer heap. Atomic only to make the frozen
+    /// class `Sync`: relaxed loads and stores are plain moves.
+    scheduled: AtomicBool,
 }
 
 impl TimerHandle {
     pub fn create(when: f64) -> Self {
         Self {
             when,
-            scheduled: true,
+            scheduled: AtomicBool::new(true),
         }
+    }
+
+    pub fn is_scheduled(&self) -> bool {
+        self.scheduled.load(Ordering::Relaxed)
+    }
+
+    pub fn set_scheduled(&self, scheduled: bool) {
+        self.scheduled.store(scheduled, Ordering::Relaxed);
+    }
+
+    /// Whether the timer `slf` is cancelled.
+    pub fn is_cancelled(slf: &Bound<'_, Self>) -> bool {
+        slf.as_super().get().is_cancelled(slf.py())
     }
 }
 
@@ -387,7 +483,7 @@ impl TimerHandle {
         let base = Handle::py_new(py, callback, args, r#loop, context)?;
         Ok(PyClassInitializer::from(base).add_subclass(Self {
             when,
-            scheduled: false,
+            scheduled: AtomicBool::new(false),
         }))
     }
 
@@ -400,40 +496,49 @@ impl TimerHandle {
         self.when
     }
 
+    #[getter(_scheduled)]
+    fn scheduled_attr(&self) -> bool {
+        self.is_scheduled()
+    }
+
+    #[setter(_scheduled)]
+    fn set_scheduled_attr(&self, scheduled: bool) {
+        self.set_scheduled(scheduled);
+    }
+
     /// Cancels the timer and tells the loop, which counts cancelled timers to know when to
     /// compact its heap (asyncio's `_timer_handle_cancelled`).
     fn cancel(slf: &Bound<'_, Self>, py: Python<'_>) -> PyResult<()> {
-        let (loop_, scheduled) = {
-            let this = slf.borrow();
-            let base = this.as_super();
-            if base.cancelled {
-                return Ok(());
-            }
-            (base.loop_ref(py), this.scheduled)
+        let base = slf.as_super().get();
+        let Some(loop_) = base.loop_if_pending(py) else {
+            return Ok(());
         };
         let repr = if loop_is_debug(py, loop_.as_ref()) {
             Some(slf.repr()?.extract::<String>()?)
         } else {
             None
         };
-        if let (Some(loop_), true) = (&loop_, scheduled) {
+        if let (Some(loop_), true) = (&loop_, slf.get().is_scheduled()) {
             loop_
                 .bind(py)
                 .call_method1(intern!(py, "_timer_handle_cancelled"), (slf,))?;
         }
-        slf.borrow_mut().as_super().mark_cancelled(py, repr);
+        base.mark_cancelled(py, repr);
         Ok(())
     }
 
-    fn _repr_info(slf: PyRef<'_, Self>, py: Python<'_>) -> PyResult<Vec<String>> {
-        let mut info = slf.as_super().repr_parts(py, "TimerHandle")?;
-        info.insert(1, format!("when={}", stdlib::float_repr(py, slf.when)?));
+    fn _repr_info(slf: &Bound<'_, Self>, py: Python<'_>) -> PyResult<Vec<String>> {
+        let mut info = slf.as_super().get().repr_parts(py, "TimerHandle")?;
+        info.insert(
+            1,
+            format!("when={}", stdlib::float_repr(py, slf.get().when)?),
+        );
         Ok(info)
     }
 
-    fn __repr__(slf: PyRef<'_, Self>, py: Python<'_>) -> PyResult<String> {
-        if let Some(repr) = slf.as_super().frozen_repr() {
-            return Ok(repr.clone());
+    fn __repr__(slf: &Bound<'_, Self>, py: Python<'_>) -> PyResult<String> {
+        if let Some(repr) = slf.as_super().get().frozen_repr(py) {
+            return Ok(repr);
         }
         Ok(format!("<{}>", Self::_repr_info(slf, py)?.join(" ")))
     }
@@ -445,7 +550,7 @@ impl TimerHandle {
     }
 
     fn __richcmp__(
-        slf: PyRef<'_, Self>,
+        slf: &Bound<'_, Self>,
         other: &Bound<'_, PyAny>,
         op: CompareOp,
         py: Python<'_>,
@@ -453,14 +558,14 @@ impl TimerHandle {
         let Ok(other) = other.cast::<TimerHandle>() else {
             return Ok(py.NotImplemented());
         };
-        let other = other.borrow();
+        let (a, b) = (slf.get().when, other.get().when);
         let result = match op {
-            CompareOp::Lt => slf.when < other.when,
-            CompareOp::Le => slf.when < other.when || timer_eq(&slf, &other, py),
-            CompareOp::Gt => slf.when > other.when,
-            CompareOp::Ge => slf.when > other.when || timer_eq(&slf, &other, py),
-            CompareOp::Eq => timer_eq(&slf, &other, py),
-            CompareOp::Ne => !timer_eq(&slf, &other, py),
+            CompareOp::Lt => a < b,
+            CompareOp::Le => a < b || timer_eq(slf, other),
+            CompareOp::Gt => a > b,
+            CompareOp::Ge => a > b || timer_eq(slf, other),
+            CompareOp::Eq => timer_eq(slf, other),
+            CompareOp::Ne => !timer_eq(slf, other),
         };
         Ok(pyo3::types::PyBool::new(py, result)
             .to_owned()
@@ -470,20 +575,19 @@ impl TimerHandle {
 }
 
 /// asyncio's `TimerHandle.__eq__`: same deadline, callback, arguments and cancellation state.
-fn timer_eq(a: &PyRef<'_, TimerHandle>, b: &PyRef<'_, TimerHandle>, py: Python<'_>) -> bool {
-    let (ha, hb) = (a.as_super(), b.as_super());
-    let same = |x: &Option<Py<PyAny>>, y: &Option<Py<PyAny>>| match (x, y) {
-        (Some(x), Some(y)) => x.bind(py).eq(y.bind(py)).unwrap_or(false),
+fn timer_eq(a: &Bound<'_, TimerHandle>, b: &Bound<'_, TimerHandle>) -> bool {
+    let py = a.py();
+    // The calls are cloned out: comparing them runs Python code, with neither handle locked.
+    let state = |timer: &Bound<'_, TimerHandle>| {
+        let this = timer.as_super().get().lock(py);
+        (this.cancelled, this.call(py))
+    };
+    let ((a_cancelled, a_call), (b_cancelled, b_call)) = (state(a), state(b));
+    let same = |x: &Bound<'_, PyAny>, y: &Bound<'_, PyAny>| x.eq(y).unwrap_or(false);
+    let same_call = match (&a_call, &b_call) {
+        (Some(x), Some(y)) => same(&x.callback, &y.callback) && same(&x.args, &y.args),
         (None, None) => true,
         _ => false,
     };
-    let same_args = match (&ha.args, &hb.args) {
-        (Some(x), Some(y)) => x.bind(py).eq(y.bind(py)).unwrap_or(false),
-        (None, None) => true,
-        _ => false,
-    };
-    a.when == b.when
-        && same(&ha.callback, &hb.callback)
-        && same_args
-        && ha.cancelled == hb.cancelled
+    a.get().when == b.get().when && same_call && a_cancelled == b_cancelled
 }

@@ -1,6 +1,7 @@
 //! `oxio._oxio`: the PyO3 face of the oxio engine. Every `#[pyclass]` of the project lives in
 //! this crate; the engine (`oxio-core`) stays free of Python.
 
+mod attached_cell;
 mod buffer;
 mod context;
 mod errors;

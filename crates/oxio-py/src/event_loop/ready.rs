@@ -15,6 +15,7 @@
 // gather -11% (from 5% behind rloop to 7% ahead), sleep(0) -6%, create_task -5%, queue -2.5%.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::ptr;
 
 use pyo3::ffi;
@@ -25,7 +26,7 @@ use pyo3::types::{IntoPyDict, PyBool, PyDict, PyTuple};
 
 use crate::context;
 use crate::errors::is_exit;
-use crate::handle::{self, Handle};
+use crate::handle::{self, Handle, HandleFields};
 
 use super::raw_methods::MethodDef;
 
@@ -35,6 +36,28 @@ pub(super) enum Ready {
     Handle(Py<Handle>),
     /// A callback scheduled by asyncio's C `Future` or `Task`.
     Step(Step),
+}
+
+/// Queues `entry` at the end of `queue`.
+///
+/// The room is made first, so that nothing can unwind once the entry exists: an entry that a
+/// panic might have to drop is built on the stack and copied, and the copy, a wide load of
+/// narrow stores just made, stalled (store forwarding). Here it is written in place.
+// NOTE: the copy of a handle's entry was a third of `call_soon`'s own time (perf annotate).
+#[inline(always)]
+pub(super) fn push(queue: &mut VecDeque<Ready>, entry: impl FnOnce() -> Ready) {
+    if queue.len() == queue.capacity() {
+        grow(queue);
+    }
+    // SAFETY: there is room for one more entry: there was, or `grow` made it.
+    unsafe { std::hint::assert_unchecked(queue.len() < queue.capacity()) };
+    queue.push_back(entry());
+}
+
+#[cold]
+#[inline(never)]
+fn grow(queue: &mut VecDeque<Ready>) {
+    queue.reserve(1);
 }
 
 /// `callback(arg)`, or `callback()`, in `context`: a call asyncio's C `Future` or `Task`
@@ -123,7 +146,7 @@ impl Step {
             Some(arg) => PyTuple::new(py, [arg])?,
             None => PyTuple::empty(py),
         };
-        let fields = Handle::create(
+        let fields = HandleFields::new(
             py,
             self.callback,
             args.clone().unbind(),
@@ -131,7 +154,7 @@ impl Step {
             Some(self.context),
             None,
         )?;
-        Ok((Bound::new(py, fields)?, args))
+        Ok((Bound::new(py, Handle::from(fields))?, args))
     }
 
     pub(super) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {

@@ -179,7 +179,7 @@ impl EventLoop {
         let traceback = Self::debug_checks(slf, callback, method, true)?;
         let handle = Py::new(
             slf.py(),
-            Self::new_handle(slf, callback, args, None, traceback)?,
+            Handle::from(Self::new_handle(slf, callback, args, None, traceback)?),
         )?;
         let registered = {
             let mut core = this.core();
@@ -209,7 +209,7 @@ impl EventLoop {
         };
         let previous = registered.map_err(|(err, _added)| os_error(slf.py(), err))?;
         if let Some(previous) = previous {
-            previous.borrow_mut(slf.py()).mark_cancelled(slf.py(), None);
+            previous.get().mark_cancelled(slf.py(), None);
         }
         Ok(handle)
     }
@@ -255,7 +255,7 @@ impl EventLoop {
         let Some(handle) = removed else {
             return Ok(false);
         };
-        handle.borrow_mut(slf.py()).mark_cancelled(slf.py(), None);
+        handle.get().mark_cancelled(slf.py(), None);
         drop(handle);
         synced.map_err(|err| os_error(slf.py(), err))?;
         Ok(true)

@@ -3,7 +3,7 @@
 
 use pyo3::prelude::*;
 
-use super::Handle;
+use super::{Handle, HandleFields};
 
 /// How many emptied handles a loop keeps for reuse (see [`recycle`]): enough for the callbacks
 /// of a busy iteration, about 128 KiB at most.
@@ -31,8 +31,8 @@ pub fn untrack(handle: &Bound<'_, Handle>) {
 
 /// Puts a handle, and the context copied for it, back in the cyclic GC's view.
 ///
-/// A handle and its private context are always switched together, so the handle's state
-/// stands for both.
+/// A private context is out of view only while its handle is too, so a handle in view has its
+/// context in view already.
 pub fn track(handle: &Bound<'_, Handle>) {
     if !is_tracked(handle.as_any()) {
         set_tracked_with_context(handle, true);
@@ -55,14 +55,11 @@ fn set_tracked_with_context(handle: &Bound<'_, Handle>, tracked: bool) {
 
 /// Switches the context copied for `handle` alone, if it has one, to `tracked`.
 fn set_context_tracked(handle: &Bound<'_, Handle>, tracked: bool) {
-    // Only a `__del__` running inside `cancel()` could find the handle borrowed; its context
-    // then keeps its current state, which costs at worst a later collection.
-    if let Ok(this) = handle.try_borrow() {
-        set_private_context_tracked(handle.py(), &this, tracked);
-    }
+    let py = handle.py();
+    set_private_context_tracked(py, &handle.get().lock(py), tracked);
 }
 
-fn set_private_context_tracked(py: Python<'_>, handle: &Handle, tracked: bool) {
+fn set_private_context_tracked(py: Python<'_>, handle: &HandleFields, tracked: bool) {
     if let (true, Some(context)) = (handle.private_context, &handle.context) {
         let context = context.bind(py);
         if is_tracked(context) != tracked {
@@ -111,33 +108,46 @@ pub fn recycle(handle: Bound<'_, Handle>) -> Option<Bound<'_, Handle>> {
         release(handle);
         return None;
     }
-    let Ok(mut this) = handle.try_borrow_mut() else {
-        release(handle);
-        return None;
-    };
-    let old = std::mem::replace(&mut *this, Handle::empty());
-    drop(this);
+    let py = handle.py();
+    let old = handle.get().lock(py).take();
     if is_tracked(handle.as_any()) {
         set_tracked(handle.as_any(), false);
     }
     // A private context dies with the old fields, so it must be in view (see `release`).
-    set_private_context_tracked(handle.py(), &old, true);
+    set_private_context_tracked(py, &old, true);
     // Out of view first: the old fields' `__del__`s run here and may walk the GC's objects.
-    drop(old);
+    old.release(py);
     Some(handle)
 }
 
-/// Puts `fields` into a handle emptied by [`recycle`], in the GC's view unless the loop keeps
-/// it out (a long ready queue, see [`untrack`]).
+/// Which parts of a refilled spare the cyclic GC sees (see [`refill`]).
+pub struct SpareView {
+    pub handle: bool,
+    /// The context copied for the handle, if it has one.
+    pub context: bool,
+}
+
+/// Puts `fields` into a handle emptied by [`recycle`], with the GC's view of it as `view` says.
+///
+/// A spare is out of view, and a running loop leaves it so: while the loop holds it, everything
+/// it references is reachable through the loop, and it goes back in view when it leaves the
+/// loop with other references to it ([`release`]). Its context stays in view unless the ready
+/// queue is long ([`untrack`]); switching it, short-lived as it is, cost more than it saved.
+// NOTE: putting every refilled spare back in view (`PyObject_GC_Track`) was 5% of the call_soon
+// row's time (perf).
 ///
 /// Runs no Python code, so the loop may call it under its lock: the spare's old fields are all
 /// `None`, so replacing them drops nothing.
-pub fn refill<'py>(spare: Bound<'py, Handle>, fields: Handle, in_view: bool) -> Bound<'py, Handle> {
-    spare.borrow_mut().refill(fields);
-    if in_view {
+pub fn refill<'py>(
+    spare: Bound<'py, Handle>,
+    fields: HandleFields,
+    view: SpareView,
+) -> Bound<'py, Handle> {
+    spare.get().lock(spare.py()).refill(fields);
+    if view.handle {
         set_tracked(spare.as_any(), true);
-    } else {
-        // The spare is out of view already; the context copied for it is not.
+    }
+    if !view.context {
         set_context_tracked(&spare, false);
     }
     spare

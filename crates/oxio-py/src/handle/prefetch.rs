@@ -59,10 +59,8 @@ pub fn context<T>(py: Python<'_>, handle: &Py<T>) {
     let Ok(handle) = handle.bind(py).cast::<Handle>() else {
         return;
     };
-    if let Ok(this) = handle.try_borrow() {
-        if let Some(context) = &this.context {
-            object(context.as_ptr(), CONTEXT_LINES);
-        }
+    if let Some(context) = &handle.get().lock(py).context {
+        object(context.as_ptr(), CONTEXT_LINES);
     }
 }
 

@@ -156,7 +156,7 @@ impl SockCoroutine {
 
     fn unwatch(&self, py: Python<'_>, watcher: Option<(RawFd, Py<Handle>)>) -> PyResult<()> {
         if let Some((fd, handle)) = watcher {
-            if !handle.borrow(py).is_cancelled() {
+            if !handle.get().is_cancelled(py) {
                 EventLoop::remove_fd_watcher(self.loop_.bind(py), self.op.writes(), fd, true)?;
             }
         }
