@@ -57,6 +57,10 @@ bench-quick: build bench-deps ## The same benchmarks, 3 rounds, smaller and shor
 lint: $(STAMP) ## cargo fmt, clippy, ruff, and stubtest of oxio._oxio.
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	# Free-threaded CPython has no interpreter here; its configuration alone lets the
+	# free-threaded code paths (attached_cell.rs) compile and lint.
+	PYO3_CONFIG_FILE=$(CURDIR)/.ci/pyo3-free-threaded.cfg CARGO_TARGET_DIR=target/free-threaded \
+		cargo clippy -p oxio-py --quiet -- -D warnings
 	$(VENV)/bin/ruff check python tests benches demo
 	$(VENV)/bin/ruff format --check python tests benches demo
 	$(PY) -m mypy.stubtest oxio._oxio --allowlist tests/stubtest-allowlist.txt
