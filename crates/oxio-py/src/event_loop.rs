@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use oxio_core::{monotonic, Events, FdMap, Interest, Poller, TimerHeap, Waker};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
@@ -17,6 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{intern, PyClassInitializer};
 
+use crate::attached_cell::{AttachedCell, AttachedRef};
 use crate::errors::os_error;
 use crate::handle::{self, prefetch, Handle, HandleFields, TimerHandle, SPARE_HANDLES};
 use crate::sock::{Op, SockCoroutine};
@@ -44,7 +45,8 @@ const EVENTS_CAPACITY: usize = 1024;
 // with this; the row's total fell 4% (callgrind) and went from 0.86x to 1.05x rloop.
 const UNTRACKED_READY_LENGTH: usize = 256;
 
-/// State touched by the loop thread and, for `call_soon_threadsafe`, by other threads.
+/// State touched by the loop thread and, for `call_soon_threadsafe`, by other threads, behind
+/// an `AttachedCell`: the GIL orders them on builds that have one.
 ///
 /// Invariant: no Python code runs while the lock is held, and no Python object is dropped under
 /// it (a `__del__` could call back into the loop and deadlock). Objects leave the lock first.
@@ -102,27 +104,19 @@ impl IterationBuffers {
 
 #[pyclass(subclass, frozen, module = "oxio._oxio")]
 pub struct EventLoop {
-    core: Mutex<Core>,
+    core: AttachedCell<Core>,
     stopping: AtomicBool,
     closed: AtomicBool,
     debug: AtomicBool,
     /// `threading.get_ident()` of the thread running the loop, 0 when not running.
     thread_id: AtomicU64,
-    task_factory: Mutex<Option<Py<PyAny>>>,
+    task_factory: AttachedCell<Option<Py<PyAny>>>,
 }
 
 fn current_thread_id() -> u64 {
     // SAFETY: pthread_self has no preconditions. Python's `threading.get_ident()` returns the
     // same value on Linux.
     unsafe { libc::pthread_self() as u64 }
-}
-
-/// Locks a mutex, recovering from poisoning: nothing under our locks can panic, but if something
-/// ever does, carrying on beats aborting the interpreter.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Releases every handle of `list`, seen as the `Handle` that `as_handle` makes of it,
@@ -144,12 +138,15 @@ fn closed_error() -> PyErr {
 }
 
 impl EventLoop {
-    fn core(&self) -> MutexGuard<'_, Core> {
-        lock(&self.core)
+    /// The loop's state, locked: no Python code may run, and no object may be dropped, until
+    /// the guard is (see `Core`).
+    #[inline(always)]
+    fn core(&self, py: Python<'_>) -> AttachedRef<'_, Core> {
+        self.core.lock(py)
     }
 
     fn task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        let slot = lock(&self.task_factory);
+        let slot = self.task_factory.lock(py);
         slot.as_ref().map(|f| f.clone_ref(py))
     }
 
@@ -246,7 +243,7 @@ impl EventLoop {
     }
 
     fn schedule_ready(&self, handle: &Bound<'_, Handle>) -> PyResult<()> {
-        let mut core = self.core();
+        let mut core = self.core(handle.py());
         if core.poller.is_none() {
             return Err(closed_error());
         }
@@ -260,12 +257,12 @@ impl EventLoop {
 
     /// Schedules a call of asyncio's C `Future` or `Task` without a handle (see `ready.rs`);
     /// false in debug mode, where it takes `call_soon`'s full path, checks and all.
-    fn schedule_step(&self, step: Step) -> PyResult<bool> {
+    fn schedule_step(&self, py: Python<'_>, step: Step) -> PyResult<bool> {
         self.check_closed()?;
         if self.is_debug() {
             return Ok(false);
         }
-        let mut core = self.core();
+        let mut core = self.core(py);
         if core.poller.is_none() {
             drop(core);
             return Err(closed_error());
@@ -294,7 +291,7 @@ impl EventLoop {
         let handle = this.schedule_new(slf.py(), fields)?;
         // The loop's own thread is not blocked in a poll, so it needs no wake-up.
         if threadsafe && this.thread_id.load(Ordering::Relaxed) != current_thread_id() {
-            this.wake();
+            this.wake(slf.py());
         }
         Ok(handle)
     }
@@ -332,7 +329,7 @@ impl EventLoop {
         fields: HandleFields,
     ) -> PyResult<Bound<'py, Handle>> {
         {
-            let mut core = self.core();
+            let mut core = self.core(py);
             if core.poller.is_none() {
                 drop(core);
                 return Err(closed_error());
@@ -371,8 +368,8 @@ impl EventLoop {
     /// Empties the ready queue, the timer heap, the watchers and the spare handles, handing
     /// their handles back to be released outside the lock; the ready queue's steps go with
     /// them, to be dropped there too.
-    fn take_scheduled(&self) -> (Vec<Py<Handle>>, Vec<Py<TimerHandle>>, Vec<Step>) {
-        let mut core = self.core();
+    fn take_scheduled(&self, py: Python<'_>) -> (Vec<Py<Handle>>, Vec<Py<TimerHandle>>, Vec<Step>) {
+        let mut core = self.core(py);
         let (mut handles, mut steps) = (Vec::new(), Vec::new());
         for entry in core.ready.drain(..) {
             match entry {
@@ -403,8 +400,8 @@ impl EventLoop {
 
     /// The eventfd write happens outside the loop's lock, so a waking thread's system call
     /// never stalls the loop thread's critical sections.
-    fn wake(&self) {
-        let waker = self.core().waker.clone();
+    fn wake(&self, py: Python<'_>) {
+        let waker = self.core(py).waker.clone();
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -430,7 +427,7 @@ impl EventLoop {
         let init =
             PyClassInitializer::from(Handle::from(base)).add_subclass(TimerHandle::create(when));
         let timer = Bound::new(slf.py(), init)?;
-        let mut core = this.core();
+        let mut core = this.core(slf.py());
         if core.poller.is_none() {
             return Err(closed_error());
         }
@@ -461,7 +458,7 @@ impl EventLoop {
     ) -> PyResult<Self> {
         let (poller, waker) = Self::open_poller().map_err(|err| os_error(py, err))?;
         Ok(Self {
-            core: Mutex::new(Core {
+            core: AttachedCell::new(Core {
                 ready: VecDeque::new(),
                 timers: TimerHeap::new(),
                 cancelled_timers: 0,
@@ -476,7 +473,7 @@ impl EventLoop {
             closed: AtomicBool::new(false),
             debug: AtomicBool::new(false),
             thread_id: AtomicU64::new(0),
-            task_factory: Mutex::new(None),
+            task_factory: AttachedCell::new(None),
         })
     }
 
@@ -485,10 +482,10 @@ impl EventLoop {
         monotonic()
     }
 
-    fn set_task_factory(&self, factory: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    fn set_task_factory(&self, py: Python<'_>, factory: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         if let Some(f) = &factory {
             if f.is_none() {
-                return self.set_task_factory(None);
+                return self.set_task_factory(py, None);
             }
             if !f.is_callable() {
                 return Err(PyTypeError::new_err(
@@ -497,7 +494,7 @@ impl EventLoop {
             }
         }
         let previous = {
-            let mut slot = lock(&self.task_factory);
+            let mut slot = self.task_factory.lock(py);
             std::mem::replace(&mut *slot, factory.map(Bound::unbind))
         };
         // Dropped outside the lock, as everything Python is.
@@ -518,20 +515,20 @@ impl EventLoop {
     fn _timer_handle_cancelled(&self, py: Python<'_>, handle: &Bound<'_, TimerHandle>) {
         let _ = py;
         if handle.get().is_scheduled() {
-            self.core().cancelled_timers += 1;
+            self.core(py).cancelled_timers += 1;
         }
     }
 
     /// Queues an existing handle (a signal handler's) for the next iteration.
     fn _schedule_handle(&self, handle: &Bound<'_, Handle>) -> PyResult<()> {
         self.schedule_ready(handle)?;
-        self.wake();
+        self.wake(handle.py());
         Ok(())
     }
 
     /// Wakes a blocked poll (asyncio's `_write_to_self`).
-    fn _write_to_self(&self) {
-        self.wake();
+    fn _write_to_self(&self, py: Python<'_>) {
+        self.wake(py);
     }
 
     #[pyo3(signature = (fd, callback, *args))]
@@ -563,12 +560,12 @@ impl EventLoop {
     }
 
     /// Whether `fd` has a reader (asyncio's selector keeps this in its key map).
-    fn _has_reader(&self, fd: RawFd) -> bool {
-        self.core().readers.contains_key(&fd)
+    fn _has_reader(&self, py: Python<'_>, fd: RawFd) -> bool {
+        self.core(py).readers.contains_key(&fd)
     }
 
-    fn _has_writer(&self, fd: RawFd) -> bool {
-        self.core().writers.contains_key(&fd)
+    fn _has_writer(&self, py: Python<'_>, fd: RawFd) -> bool {
+        self.core(py).writers.contains_key(&fd)
     }
 
     // asyncio's `sock_*` coroutines, each a native coroutine object (`crate::sock`).
@@ -684,8 +681,8 @@ impl EventLoop {
     }
 
     /// Pending ready callbacks and timers, for tests and introspection.
-    fn _pending_counts(&self) -> (usize, usize) {
-        let core = self.core();
+    fn _pending_counts(&self, py: Python<'_>) -> (usize, usize) {
+        let core = self.core(py);
         (core.ready.len(), core.timers.len())
     }
 
@@ -693,7 +690,9 @@ impl EventLoop {
     /// pending callbacks is still freed. A lock held elsewhere (a collection triggered while
     /// the loop is mid-update) hides the contents, which only delays collection.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        if let Ok(core) = self.core.try_lock() {
+        // SAFETY: the cyclic GC calls `tp_traverse` with the interpreter attached.
+        let py = unsafe { Python::assume_attached() };
+        if let Some(core) = self.core.try_lock(py) {
             for entry in &core.ready {
                 match entry {
                     Ready::Handle(handle) => visit.call(handle)?,
@@ -707,15 +706,15 @@ impl EventLoop {
                 visit.call(timer)?;
             }
         }
-        if let Ok(factory) = self.task_factory.try_lock() {
+        if let Some(factory) = self.task_factory.try_lock(py) {
             visit.call(&*factory)?;
         }
         Ok(())
     }
 
     fn __clear__(&self, py: Python<'_>) {
-        let factory = lock(&self.task_factory).take();
-        let (mut handles, mut timers, steps) = self.take_scheduled();
+        let factory = self.task_factory.lock(py).take();
+        let (mut handles, mut timers, steps) = self.take_scheduled(py);
         drop((factory, steps));
         Self::release_all(py, &mut handles, &mut timers);
     }
@@ -725,9 +724,9 @@ impl EventLoop {
         if self.closed.swap(true, Ordering::Relaxed) {
             return;
         }
-        let (mut handles, mut timers, steps) = self.take_scheduled();
+        let (mut handles, mut timers, steps) = self.take_scheduled(py);
         let released = {
-            let mut core = self.core();
+            let mut core = self.core(py);
             (core.poller.take(), core.waker.take())
         };
         drop((released, steps));

@@ -257,7 +257,7 @@ impl EventLoop {
         };
         // SystemExit/KeyboardInterrupt escaped a callback: the callbacks not yet run stay
         // first in line, as they do in asyncio's `_ready`.
-        let mut core = this.core();
+        let mut core = this.core(py);
         while let Some(entry) = batch.pop_back() {
             core.ready.push_front(entry);
         }
@@ -289,7 +289,7 @@ impl EventLoop {
     /// Puts every handle the loop still holds back in the cyclic GC's view, once it stops
     /// running (see `handle::untrack`).
     pub(super) fn track_scheduled(&self, py: Python<'_>) {
-        let core = self.core();
+        let core = self.core(py);
         for entry in &core.ready {
             if let Ready::Handle(handle) = entry {
                 handle::track(handle.bind(py));
@@ -328,14 +328,14 @@ impl EventLoop {
     /// skipped and twice otherwise (one lock per phase was nine round trips; the sleep(0) and
     /// queue rows moved within their noise).
     fn take_ready(&self, py: Python<'_>, buffers: &mut IterationBuffers) -> PyResult<()> {
-        let mut core = self.core();
+        let mut core = self.core(py);
         Self::keep_spares(&mut core, &mut buffers.recycled, &mut buffers.dead_handles);
         let plan = self.plan_poll(py, &mut core, &mut buffers.dead_timers)?;
         match plan.poller {
             Some(poller) => {
                 drop(core);
                 Self::poll(py, &poller, plan.timeout, &mut buffers.events)?;
-                core = self.core();
+                core = self.core(py);
             }
             None => buffers.events.clear(),
         }

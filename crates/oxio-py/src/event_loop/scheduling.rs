@@ -212,7 +212,7 @@ impl Method {
         if self == Self::Soon {
             // SAFETY: the caller's guarantee, passed on.
             if let Some(step) = unsafe { Step::from_c_asyncio(py, args, nargs, kwnames) } {
-                if slf.get().schedule_step(step)? {
+                if slf.get().schedule_step(py, step)? {
                     // The caller drops the result unseen (see `ready.rs`).
                     return Ok(py.None().into_bound(py));
                 }

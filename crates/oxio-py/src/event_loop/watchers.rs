@@ -182,7 +182,7 @@ impl EventLoop {
             Handle::from(Self::new_handle(slf, callback, args, None, traceback)?),
         )?;
         let registered = {
-            let mut core = this.core();
+            let mut core = this.core(slf.py());
             if core.poller.is_none() {
                 return Err(closed_error());
             }
@@ -236,7 +236,7 @@ impl EventLoop {
             return Ok(false);
         }
         let (removed, synced) = {
-            let mut core = this.core();
+            let mut core = this.core(slf.py());
             let before = core.interest(fd);
             let removed = core.watchers(write).remove(&fd);
             let mut synced = Ok(());
@@ -266,7 +266,7 @@ impl EventLoop {
     pub(crate) fn rearm_fd_watcher(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<()> {
         let this = slf.get();
         let armed = {
-            let mut core = this.core();
+            let mut core = this.core(slf.py());
             match core.modes.get(fd) {
                 FdMode::Oneshot => core.arm_oneshot(fd),
                 _ => Ok(()),
