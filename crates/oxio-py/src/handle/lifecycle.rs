@@ -133,11 +133,11 @@ pub struct SpareView {
 /// it references is reachable through the loop, and it goes back in view when it leaves the
 /// loop with other references to it ([`release`]). Its context stays in view unless the ready
 /// queue is long ([`untrack`]); switching it, short-lived as it is, cost more than it saved.
-// NOTE: putting every refilled spare back in view (`PyObject_GC_Track`) was 5% of the call_soon
-// row's time (perf).
 ///
 /// Runs no Python code, so the loop may call it under its lock: the spare's old fields are all
 /// `None`, so replacing them drops nothing.
+// NOTE: putting every refilled spare back in view (`PyObject_GC_Track`) was 5% of the call_soon
+// row's time (perf).
 pub fn refill<'py>(
     spare: Bound<'py, Handle>,
     fields: HandleFields,
