@@ -268,7 +268,51 @@ def test_handle_repr_mentions_callback(loop):
     assert repr(timer).startswith("<TimerHandle when=")
     handle.cancel()
     timer.cancel()
-    assert "cancelled" in repr(handle)
+    assert repr(handle) == "<Handle cancelled>"
+    assert repr(timer).startswith("<TimerHandle cancelled when=")
+
+
+class Reentrant:
+    """A callback whose finalizer or repr calls back into the handle that holds it."""
+
+    def __init__(self, on_del=None, on_repr=None):
+        self.on_del, self.on_repr = on_del, on_repr
+
+    def __call__(self):
+        pass
+
+    def __del__(self):
+        if self.on_del:
+            self.on_del()
+
+    def __repr__(self):
+        if self.on_repr:
+            self.on_repr()
+        return "<Reentrant>"
+
+
+@pytest.mark.parametrize("method", ["call_soon", "call_later"])
+def test_a_finalizer_run_by_cancel_sees_the_handle_cancelled(loop, method):
+    # oxio drops a cancelled handle's callback only once the handle is consistent again.
+    seen = []
+    schedule = getattr(loop, method)
+    args = (3600,) if method == "call_later" else ()
+    callback = Reentrant(on_del=lambda: seen.append((handle.cancelled(), repr(handle))))
+    handle = schedule(*args, callback)
+    del callback
+    handle.cancel()
+    [(cancelled, shown)] = seen
+    assert cancelled is True
+    assert shown.startswith(f"<{type(handle).__name__} cancelled")
+    assert "Reentrant" not in shown
+
+
+def test_a_callback_repr_that_cancels_its_own_handle(loop):
+    # repr(handle) calls repr(callback), which here cancels the handle it is being shown by.
+    handle = loop.call_soon(Reentrant(on_repr=lambda: handle.cancel()))
+    assert "<Reentrant>" in repr(handle)
+    assert handle.cancelled()
+    assert repr(handle) == "<Handle cancelled>"
 
 
 @pytest.mark.parametrize(

@@ -541,10 +541,13 @@ impl TimerHandle {
         Ok(())
     }
 
+    /// asyncio's: the deadline follows "cancelled" when there is one.
     fn _repr_info(slf: &Bound<'_, Self>, py: Python<'_>) -> PyResult<Vec<String>> {
-        let mut info = slf.as_super().get().repr_parts(py, "TimerHandle")?;
+        let base = slf.as_super().get();
+        let mut info = base.repr_parts(py, "TimerHandle")?;
+        let at = if base.is_cancelled(py) { 2 } else { 1 };
         info.insert(
-            1,
+            at,
             format!("when={}", stdlib::float_repr(py, slf.get().when)?),
         );
         Ok(info)
