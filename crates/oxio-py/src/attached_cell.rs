@@ -9,7 +9,9 @@
 //! Free-threaded builds keep a mutex.
 //!
 //! No Python code may run while the cell is locked: it could hand the GIL to another thread,
-//! or re-enter the locked object. Values leave the cell before they are called or dropped.
+//! or re-enter the locked object. Values leave the cell before they are called or dropped. The
+//! guard borrows the `Python` token, so it cannot outlive the attachment it was locked under
+//! nor move to another thread.
 
 #[cfg(Py_GIL_DISABLED)]
 pub use free_threaded::{AttachedCell, AttachedRef};
@@ -19,6 +21,7 @@ pub use gil::{AttachedCell, AttachedRef};
 #[cfg(not(Py_GIL_DISABLED))]
 mod gil {
     use std::cell::{Cell, UnsafeCell};
+    use std::marker::PhantomData;
     use std::ops::{Deref, DerefMut};
 
     use pyo3::Python;
@@ -47,7 +50,7 @@ mod gil {
         /// # Panics
         /// If this thread holds the cell already: code run under a lock re-entered it.
         #[inline(always)]
-        pub fn lock(&self, py: Python<'_>) -> AttachedRef<'_, T> {
+        pub fn lock<'py>(&self, py: Python<'py>) -> AttachedRef<'_, 'py, T> {
             match self.try_lock(py) {
                 Some(guard) => guard,
                 None => already_locked(),
@@ -57,11 +60,14 @@ mod gil {
         /// The value, unless the cell is locked: a garbage collection that starts under a
         /// lock and visits this object finds it so.
         #[inline(always)]
-        pub fn try_lock(&self, _py: Python<'_>) -> Option<AttachedRef<'_, T>> {
+        pub fn try_lock<'py>(&self, _py: Python<'py>) -> Option<AttachedRef<'_, 'py, T>> {
             if self.locked.replace(true) {
                 return None;
             }
-            Some(AttachedRef { cell: self })
+            Some(AttachedRef {
+                cell: self,
+                _attached: PhantomData,
+            })
         }
 
         /// The value, through exclusive access to the cell.
@@ -76,11 +82,14 @@ mod gil {
         panic!("oxio: re-entered an object whose state was being changed")
     }
 
-    pub struct AttachedRef<'a, T> {
+    /// The locked value. Holding `Python<'py>` keeps it to the attachment it was locked
+    /// under, and to this thread (`Python` is neither `Send` nor `Sync`).
+    pub struct AttachedRef<'a, 'py, T> {
         cell: &'a AttachedCell<T>,
+        _attached: PhantomData<Python<'py>>,
     }
 
-    impl<T> Deref for AttachedRef<'_, T> {
+    impl<T> Deref for AttachedRef<'_, '_, T> {
         type Target = T;
 
         #[inline(always)]
@@ -91,7 +100,7 @@ mod gil {
         }
     }
 
-    impl<T> DerefMut for AttachedRef<'_, T> {
+    impl<T> DerefMut for AttachedRef<'_, '_, T> {
         #[inline(always)]
         fn deref_mut(&mut self) -> &mut T {
             // SAFETY: as for `deref`; `&mut self` keeps the guard's own borrows exclusive.
@@ -99,7 +108,7 @@ mod gil {
         }
     }
 
-    impl<T> Drop for AttachedRef<'_, T> {
+    impl<T> Drop for AttachedRef<'_, '_, T> {
         #[inline(always)]
         fn drop(&mut self) {
             self.cell.locked.set(false);
@@ -109,41 +118,71 @@ mod gil {
 
 #[cfg(Py_GIL_DISABLED)]
 mod free_threaded {
+    use std::marker::PhantomData;
+    use std::ops::{Deref, DerefMut};
     use std::sync::{Mutex, MutexGuard, TryLockError};
 
     use pyo3::Python;
 
     pub struct AttachedCell<T>(Mutex<T>);
 
-    pub type AttachedRef<'a, T> = MutexGuard<'a, T>;
+    /// The locked value, tied to the attachment it was locked under, as on GIL builds.
+    pub struct AttachedRef<'a, 'py, T> {
+        guard: MutexGuard<'a, T>,
+        _attached: PhantomData<Python<'py>>,
+    }
 
     impl<T> AttachedCell<T> {
         pub const fn new(value: T) -> Self {
             Self(Mutex::new(value))
         }
 
-        /// The value, for as long as the guard lives; waits for another thread's lock.
-        pub fn lock(&self, _py: Python<'_>) -> AttachedRef<'_, T> {
+        /// The value, for as long as the guard lives; waits for another thread's lock. A
+        /// thread that locks the cell again deadlocks rather than panics, as a mutex does.
+        pub fn lock<'py>(&self, _py: Python<'py>) -> AttachedRef<'_, 'py, T> {
             // Nothing under these locks can panic; if something ever does, carrying on beats
             // aborting the interpreter.
-            self.0
+            let guard = self
+                .0
                 .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            AttachedRef {
+                guard,
+                _attached: PhantomData,
+            }
         }
 
         /// The value, unless the cell is locked.
-        pub fn try_lock(&self, _py: Python<'_>) -> Option<AttachedRef<'_, T>> {
-            match self.0.try_lock() {
-                Ok(guard) => Some(guard),
-                Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
-                Err(TryLockError::WouldBlock) => None,
-            }
+        pub fn try_lock<'py>(&self, _py: Python<'py>) -> Option<AttachedRef<'_, 'py, T>> {
+            let guard = match self.0.try_lock() {
+                Ok(guard) => guard,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => return None,
+            };
+            Some(AttachedRef {
+                guard,
+                _attached: PhantomData,
+            })
         }
 
         pub fn get_mut(&mut self) -> &mut T {
             self.0
                 .get_mut()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
+        }
+    }
+
+    impl<T> Deref for AttachedRef<'_, '_, T> {
+        type Target = T;
+
+        fn deref(&self) -> &T {
+            &self.guard
+        }
+    }
+
+    impl<T> DerefMut for AttachedRef<'_, '_, T> {
+        fn deref_mut(&mut self) -> &mut T {
+            &mut self.guard
         }
     }
 }

@@ -37,7 +37,7 @@ mod watchers;
 /// Token of the waker in the poller; fds use their own number as token.
 const WAKER_TOKEN: u64 = u64::MAX;
 const EVENTS_CAPACITY: usize = 1024;
-/// The ready-queue length from which a running loop takes newly queued handles out of the
+/// The ready-queue length from which a running loop takes newly made handles out of the
 /// cyclic GC's view (see `handle::untrack`). A handle in a short queue is gone before a
 /// collection comes around; in a long one (`gather` of thousands of tasks) each handle was
 /// traversed again by every collection until its turn came.
@@ -49,7 +49,8 @@ const UNTRACKED_READY_LENGTH: usize = 256;
 /// an `AttachedCell`: the GIL orders them on builds that have one.
 ///
 /// Invariant: no Python code runs while the lock is held, and no Python object is dropped under
-/// it (a `__del__` could call back into the loop and deadlock). Objects leave the lock first.
+/// it (a `__del__` could call back into the loop, and find it locked). Objects leave the lock
+/// first.
 struct Core {
     ready: VecDeque<Ready>,
     timers: TimerHeap<Py<TimerHandle>>,
@@ -119,6 +120,20 @@ fn current_thread_id() -> u64 {
     unsafe { libc::pthread_self() as u64 }
 }
 
+/// Ends a run of the loop however `_run_forever` ends, a panic included: the loop is no longer
+/// running, and every handle it holds is back in the cyclic GC's view (a private context that
+/// died out of view would corrupt the GC's list).
+struct Running<'a, 'py>(&'a Bound<'py, EventLoop>);
+
+impl Drop for Running<'_, '_> {
+    fn drop(&mut self) {
+        let this = self.0.get();
+        this.stopping.store(false, Ordering::Relaxed);
+        this.thread_id.store(0, Ordering::Relaxed);
+        this.track_scheduled(self.0.py());
+    }
+}
+
 /// Releases every handle of `list`, seen as the `Handle` that `as_handle` makes of it,
 /// prefetching the next ones: the handles of a long list have left the caches.
 fn release_each<'py, T: pyo3::PyClass>(
@@ -141,7 +156,7 @@ impl EventLoop {
     /// The loop's state, locked: no Python code may run, and no object may be dropped, until
     /// the guard is (see `Core`).
     #[inline(always)]
-    fn core(&self, py: Python<'_>) -> AttachedRef<'_, Core> {
+    fn core<'py>(&self, py: Python<'py>) -> AttachedRef<'_, 'py, Core> {
         self.core.lock(py)
     }
 
@@ -247,7 +262,7 @@ impl EventLoop {
         if core.poller.is_none() {
             return Err(closed_error());
         }
-        if self.keeps_out_of_view(&core) {
+        if Self::keeps_out_of_view(&core, self.running()) {
             handle::untrack(handle);
         }
         let entry = handle.clone().unbind();
@@ -335,9 +350,12 @@ impl EventLoop {
                 return Err(closed_error());
             }
             if let Some(spare) = core.spare_handles.pop() {
+                // `running()` read once: the context may stay out of view only if the handle
+                // does (see `handle::track`).
+                let running = self.running();
                 let view = handle::SpareView {
-                    handle: !self.running(),
-                    context: !self.keeps_out_of_view(&core),
+                    handle: !running,
+                    context: !Self::keeps_out_of_view(&core, running),
                 };
                 let handle = handle::refill(spare.into_bound(py), fields, view);
                 let entry = handle.clone().unbind();
@@ -361,8 +379,8 @@ impl EventLoop {
     }
 
     /// Whether a handle joining the ready queue now stays out of the cyclic GC's view.
-    fn keeps_out_of_view(&self, core: &Core) -> bool {
-        core.ready.len() >= UNTRACKED_READY_LENGTH && self.running()
+    fn keeps_out_of_view(core: &Core, running: bool) -> bool {
+        running && core.ready.len() >= UNTRACKED_READY_LENGTH
     }
 
     /// Empties the ready queue, the timer heap, the watchers and the spare handles, handing
@@ -513,7 +531,6 @@ impl EventLoop {
 
     /// Counts a cancelled timer that is still in the heap (asyncio's hook of the same name).
     fn _timer_handle_cancelled(&self, py: Python<'_>, handle: &Bound<'_, TimerHandle>) {
-        let _ = py;
         if handle.get().is_scheduled() {
             self.core(py).cancelled_timers += 1;
         }
@@ -636,19 +653,14 @@ impl EventLoop {
     fn _run_forever(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
         this.thread_id.store(current_thread_id(), Ordering::Relaxed);
+        let _running = Running(slf);
         let mut buffers = IterationBuffers::new();
-        let result = loop {
-            if let Err(err) = Self::run_once_impl(slf, &mut buffers) {
-                break Err(err);
-            }
+        loop {
+            Self::run_once_impl(slf, &mut buffers)?;
             if this.stopping.load(Ordering::Relaxed) {
-                break Ok(());
+                return Ok(());
             }
-        };
-        this.stopping.store(false, Ordering::Relaxed);
-        this.thread_id.store(0, Ordering::Relaxed);
-        this.track_scheduled(slf.py());
-        result
+        }
     }
 
     fn stop(&self) {

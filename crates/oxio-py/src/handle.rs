@@ -123,7 +123,6 @@ impl HandleFields {
     /// Takes `fields` in place of an empty handle's (see [`recycle`]), field by field as
     /// [`Self::take`] does.
     fn refill(&mut self, fields: Self) {
-        debug_assert!(self.callback.is_none() && self.context.is_none() && self.loop_.is_none());
         let Self {
             callback,
             args,
@@ -219,7 +218,7 @@ impl Handle {
     /// The handle's state, locked: no Python code may run, and no object may be dropped,
     /// until the guard is (see [`AttachedCell`]).
     #[inline(always)]
-    fn lock(&self, py: Python<'_>) -> AttachedRef<'_, HandleFields> {
+    fn lock<'py>(&self, py: Python<'py>) -> AttachedRef<'_, 'py, HandleFields> {
         self.fields.lock(py)
     }
 
@@ -329,7 +328,6 @@ pub(crate) fn report_error(
     let (loop_, traceback) = {
         let this = handle.get().lock(py);
         let Some(loop_) = this.loop_ref(py) else {
-            drop(this);
             return Err(err);
         };
         (loop_, this.source_traceback().map(|t| t.clone_ref(py)))

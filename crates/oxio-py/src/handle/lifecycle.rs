@@ -17,9 +17,10 @@ pub const SPARE_HANDLES: usize = 1024;
 /// them again and again was most of the cost of scheduling them. Handles leave the loop
 /// through [`release`], which puts them back in view. A loop that stops running puts every
 /// handle it still holds back in view ([`track`]), so a stopped loop dropped in a cycle with
-/// its pending callbacks is still collected. A `call_soon` handle is switched only when it joins
-/// a long ready queue: in a short one it lives for one iteration, and switching every handle
-/// cost more than the collections it saved.
+/// its pending callbacks is still collected. A new `call_soon` handle is switched only when it
+/// joins a long ready queue: in a short one it lives for one iteration, and switching every
+/// handle cost more than the collections it saved. (A spare refilled while the loop runs is
+/// out of view already, and stays so: see [`refill`].)
 // NOTE: with 200k pending timers, collections took about 40% of the call_later bench row;
 // untracking cut its instruction count by 31% (callgrind), and added 10% to call_soon when
 // applied to every handle.
@@ -122,6 +123,7 @@ pub fn recycle(handle: Bound<'_, Handle>) -> Option<Bound<'_, Handle>> {
 
 /// Which parts of a refilled spare the cyclic GC sees (see [`refill`]).
 pub struct SpareView {
+    /// The handle itself.
     pub handle: bool,
     /// The context copied for the handle, if it has one.
     pub context: bool,

@@ -59,8 +59,11 @@ pub fn context<T>(py: Python<'_>, handle: &Py<T>) {
     let Ok(handle) = handle.bind(py).cast::<Handle>() else {
         return;
     };
-    if let Some(context) = &handle.get().lock(py).context {
-        object(context.as_ptr(), CONTEXT_LINES);
+    // A hint never waits: a handle locked meanwhile is skipped.
+    if let Some(this) = handle.get().fields.try_lock(py) {
+        if let Some(context) = &this.context {
+            object(context.as_ptr(), CONTEXT_LINES);
+        }
     }
 }
 
