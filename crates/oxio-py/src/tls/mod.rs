@@ -137,6 +137,9 @@ pub struct TlsProtocol {
 }
 
 transport::impl_core!(TlsProtocol);
+// For the app side, `connection_lost` is the app protocol's, and the transport told is the app
+// transport.
+transport::connection_lost_method!(TlsProtocol);
 
 impl WriteCore for TlsProtocol {
     fn flow(&self) -> &FlowControl {
@@ -562,10 +565,6 @@ impl TlsProtocol {
         Ok(())
     }
 
-    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.wiring.protocol.as_ref().map(|p| p.clone_ref(py))
-    }
-
     fn _protocol_paused(&self) -> bool {
         self.write_flow.is_paused()
     }
@@ -611,16 +610,6 @@ impl TlsProtocol {
             TlsState::Shutdown => Self::do_shutdown(slf),
             TlsState::Unwrapped | TlsState::DoHandshake => Ok(()),
         }
-    }
-
-    /// Runs `app_protocol.connection_lost(exc)`, then tells the app transport.
-    #[pyo3(signature = (exc=None, _transport=None))]
-    fn _call_connection_lost(
-        slf: &Bound<'_, Self>,
-        exc: Option<Bound<'_, PyAny>>,
-        _transport: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        transport::call_connection_lost(slf, exc)
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

@@ -6,7 +6,9 @@
 //! `DatagramCore`, and `tls::TlsProtocol` for the app side of TLS); its
 //! Python half is the `asyncio` transport subclass users see. See docs/design.md, "Transports".
 
-/// Implements [`Core`] for a core whose links live in its `wiring` field.
+/// Implements [`Core`] for a core whose links live in its `wiring` field, with the
+/// `get_protocol` every transport has, in a `#[pymethods]` block of its own beside the core's
+/// (pyo3's `multiple-pymethods`).
 macro_rules! impl_core {
     ($core:ty) => {
         impl $crate::transport::Core for $core {
@@ -16,6 +18,13 @@ macro_rules! impl_core {
 
             fn wiring_mut(&mut self) -> &mut $crate::transport::Wiring {
                 &mut self.wiring
+            }
+        }
+
+        #[pyo3::pymethods]
+        impl $core {
+            fn get_protocol(&self, py: pyo3::Python<'_>) -> Option<pyo3::Py<pyo3::PyAny>> {
+                self.wiring.protocol(py)
             }
         }
     };
@@ -97,7 +106,28 @@ macro_rules! write_buffer_methods {
     };
 }
 
-pub(crate) use {impl_core, impl_read_core, read_transport_methods, write_buffer_methods};
+/// `_call_connection_lost` for a core that has nothing of its own to release at the end:
+/// `protocol.connection_lost(exc)`, then the Python transport's `_connection_lost_done`
+/// (see [`call_connection_lost`]).
+macro_rules! connection_lost_method {
+    ($core:ty) => {
+        #[pyo3::pymethods]
+        impl $core {
+            #[pyo3(signature = (exc=None, _transport=None))]
+            fn _call_connection_lost(
+                slf: &pyo3::Bound<'_, Self>,
+                exc: Option<pyo3::Bound<'_, pyo3::PyAny>>,
+                _transport: Option<&pyo3::Bound<'_, pyo3::PyAny>>,
+            ) -> pyo3::PyResult<()> {
+                $crate::transport::call_connection_lost(slf, exc)
+            }
+        }
+    };
+}
+
+pub(crate) use {
+    connection_lost_method, impl_core, impl_read_core, read_transport_methods, write_buffer_methods,
+};
 
 pub(crate) mod datagram;
 pub(crate) mod pipe;

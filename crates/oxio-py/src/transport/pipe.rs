@@ -34,6 +34,7 @@ transport::impl_core!(ReadPipeCore);
 
 transport::impl_read_core!(ReadPipeCore, paused);
 transport::read_transport_methods!(ReadPipeCore);
+transport::connection_lost_method!(ReadPipeCore);
 
 impl ReadPipeCore {
     fn close_with(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
@@ -90,10 +91,6 @@ impl ReadPipeCore {
         transport::replace_protocol(slf, protocol);
     }
 
-    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.wiring.protocol(py)
-    }
-
     /// Reader callback; `_transport` rides along to keep the Python transport alive.
     #[pyo3(signature = (_transport=None))]
     fn _read_ready(slf: &Bound<'_, Self>, _transport: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
@@ -125,15 +122,6 @@ impl ReadPipeCore {
         }
     }
 
-    #[pyo3(signature = (exc=None, _transport=None))]
-    fn _call_connection_lost(
-        slf: &Bound<'_, Self>,
-        exc: Option<Bound<'_, PyAny>>,
-        _transport: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        transport::call_connection_lost(slf, exc)
-    }
-
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         self.wiring.traverse(&visit)
     }
@@ -158,6 +146,7 @@ pub struct WritePipeCore {
 
 transport::impl_core!(WritePipeCore);
 transport::write_buffer_methods!(WritePipeCore);
+transport::connection_lost_method!(WritePipeCore);
 
 impl WriteCore for WritePipeCore {
     fn flow(&self) -> &FlowControl {
@@ -316,10 +305,6 @@ impl WritePipeCore {
         transport::replace_protocol(slf, protocol);
     }
 
-    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.wiring.protocol(py)
-    }
-
     /// Watches the pipe's own fd for reading: on a FIFO or socket that fires when the reading
     /// side closes, which is how asyncio notices a vanished reader before the next write.
     #[pyo3(signature = (_transport=None))]
@@ -380,15 +365,6 @@ impl WritePipeCore {
             transport::call_connection_lost(slf, None)?;
         }
         Ok(())
-    }
-
-    #[pyo3(signature = (exc=None, _transport=None))]
-    fn _call_connection_lost(
-        slf: &Bound<'_, Self>,
-        exc: Option<Bound<'_, PyAny>>,
-        _transport: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        transport::call_connection_lost(slf, exc)
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

@@ -378,10 +378,6 @@ impl StreamCore {
         Ok(())
     }
 
-    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.wiring.protocol(py)
-    }
-
     /// Reader callback. `_transport` is the Python transport, passed by the watcher only to keep
     /// it alive while the watcher is registered.
     #[pyo3(signature = (_transport=None))]
