@@ -11,6 +11,7 @@ from _typeshed import FileDescriptorLike
 from typing_extensions import Buffer, disjoint_base
 
 __all__ = [
+    "SPAWN_CLOSES_FDS",
     "DatagramCore",
     "EventLoop",
     "Handle",
@@ -20,7 +21,24 @@ __all__ = [
     "TimerHandle",
     "TlsProtocol",
     "WritePipeCore",
+    "spawn",
 ]
+
+# Whether spawn() honours close_fds=True here (glibc 2.34 or later).
+SPAWN_CLOSES_FDS: bool
+
+def spawn(
+    program: bytes,
+    argv: list[bytes],
+    *,
+    env: list[bytes] | None,
+    search_path: bytes | None,
+    stdio: tuple[int, int, int],
+    close_fds: bool,
+    restore_signals: bool,
+    new_session: bool,
+    filename: Any,
+) -> int: ...
 
 @disjoint_base
 class Handle:

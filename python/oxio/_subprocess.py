@@ -3,7 +3,8 @@
 The process side is asyncio's own: `asyncio.base_subprocess.BaseSubprocessTransport` drives the
 protocol callbacks in asyncio's order over the loop's pipe transports (native in oxio), and the
 argument checks of `subprocess_exec`/`subprocess_shell` are taken from `BaseEventLoop` so that
-they follow the running Python exactly. What oxio adds is how a child's exit is noticed: a
+they follow the running Python exactly. What oxio adds is how a child starts (a `Popen` whose
+common case is one native `posix_spawn`, see `_spawn`) and how its exit is noticed: a
 pidfd polled by the loop itself (no SIGCHLD handler, no thread, no `waitpid` on a pid it was
 not given, so it never races another watcher), with a waiting thread per child where pidfds
 are unavailable. A child watcher that the user installed on the policy (3.11 to 3.13) is
@@ -11,17 +12,16 @@ honoured instead, as asyncio honours it.
 """
 
 import os
-import subprocess
 import threading
 from asyncio import base_events, base_subprocess
 from asyncio.log import logger
 
-from . import _compat
+from . import _compat, _spawn
 
 
 class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
     def _start(self, args, shell, stdin, stdout, stderr, bufsize, **kwargs):
-        self._proc = subprocess.Popen(
+        self._proc = _spawn.popen_class()(
             args,
             shell=shell,
             stdin=stdin,

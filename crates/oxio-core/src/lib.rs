@@ -1,5 +1,6 @@
 //! The oxio engine: a monotonic clock, a timer heap, a level-triggered readiness poller, a
-//! cross-thread waker, the byte paths of stream and datagram sockets, and write flow control.
+//! cross-thread waker, the byte paths of stream and datagram sockets, write flow control, and
+//! the start of a child process.
 //!
 //! Nothing here knows about Python. The binding crate (`oxio-py`) owns every Python object and
 //! drives one loop iteration out of these parts, in the phases written down in `docs/design.md`.
@@ -8,6 +9,7 @@
 
 pub mod clock;
 pub mod fd_map;
+pub mod process;
 pub mod reactor;
 pub mod timer;
 pub mod transport;
@@ -15,6 +17,7 @@ pub mod waker;
 
 pub use clock::monotonic;
 pub use fd_map::FdMap;
+pub use process::Spawn;
 pub use reactor::{Event, Events, Interest, Poller};
 pub use timer::TimerHeap;
 pub use transport::datagram::{Address, DatagramQueue, SockAddr};

@@ -18,15 +18,26 @@ pub(crate) fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
 ///
 /// Builds a Python object, so it must not be called under the loop's lock (see `Core`).
 pub(crate) fn os_error(py: Python<'_>, err: io::Error) -> PyErr {
+    from_errno(py, err, None)
+}
+
+/// `OSError(errno, strerror, filename)`, as `os.open` or `subprocess.Popen` raise it for a path.
+pub(crate) fn os_error_naming(filename: &Bound<'_, PyAny>, err: io::Error) -> PyErr {
+    from_errno(filename.py(), err, Some(filename))
+}
+
+fn from_errno(py: Python<'_>, err: io::Error, filename: Option<&Bound<'_, PyAny>>) -> PyErr {
     let Some(code) = err.raw_os_error() else {
         return err.into();
     };
+    let filename = filename.map_or(std::ptr::null_mut(), Bound::as_ptr);
     // SAFETY: errno is thread-local; setting it and reading it back at once through
-    // PyErr_SetFromErrno (interpreter attached) is how C code reports it. The call leaves an
-    // exception set, which `PyErr::fetch` takes.
+    // PyErr_SetFromErrnoWithFilenameObject (interpreter attached; `filename` null or a live
+    // object) is how C code reports it. The call leaves an exception set, which `PyErr::fetch`
+    // takes.
     unsafe {
         *libc::__errno_location() = code;
-        ffi::PyErr_SetFromErrno(ffi::PyExc_OSError);
+        ffi::PyErr_SetFromErrnoWithFilenameObject(ffi::PyExc_OSError, filename);
     }
     PyErr::fetch(py)
 }

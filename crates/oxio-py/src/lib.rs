@@ -8,6 +8,7 @@ mod errors;
 mod event_loop;
 mod fd;
 mod handle;
+mod process;
 mod sock;
 mod stdlib;
 mod tasks;
@@ -30,5 +31,8 @@ fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transport::pipe::WritePipeCore>()?;
     m.add_class::<transport::datagram::DatagramCore>()?;
     m.add_class::<tls::TlsProtocol>()?;
+    m.add_function(wrap_pyfunction!(process::spawn, m)?)?;
+    // Whether `spawn` honours `close_fds=True` here (glibc 2.34 or later).
+    m.add("SPAWN_CLOSES_FDS", oxio_core::Spawn::can_close_fds())?;
     Ok(())
 }

@@ -1,0 +1,71 @@
+//! `spawn`: the engine's `posix_spawn` as the subprocess glue calls it in place of
+//! `_posixsubprocess.fork_exec` (see `python/oxio/_subprocess.py`).
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+
+use oxio_core::Spawn;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::errors;
+
+/// Starts `program` with `argv` and returns its pid. `program` is a path when `search_path` is
+/// `None`, else a name looked up in it as `Popen` does. `env` is a list of `NAME=value` entries,
+/// or `None` for this process's environment. An exec that fails raises the `OSError` that
+/// `Popen` raises, naming `filename`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)] // Popen's options, one for one; keyword-only in Python.
+#[pyo3(signature = (program, argv, *, env, search_path, stdio, close_fds, restore_signals, new_session, filename))]
+pub(crate) fn spawn(
+    program: &Bound<'_, PyBytes>,
+    argv: Vec<Bound<'_, PyBytes>>,
+    env: Option<Vec<Bound<'_, PyBytes>>>,
+    search_path: Option<&Bound<'_, PyBytes>>,
+    stdio: [RawFd; 3],
+    close_fds: bool,
+    restore_signals: bool,
+    new_session: bool,
+    filename: &Bound<'_, PyAny>,
+) -> PyResult<i32> {
+    if stdio.iter().any(|&fd| fd != -1 && fd <= 2) {
+        return Err(PyValueError::new_err(
+            "stdio descriptors must be -1 or above 2",
+        ));
+    }
+    let argv = c_strings(&argv)?;
+    let env = env.as_deref().map(c_strings).transpose()?;
+    let request = Spawn {
+        argv: &argv,
+        env: env.as_deref(),
+        stdio,
+        close_fds,
+        restore_signals,
+        new_session,
+    };
+    let outcome = match search_path {
+        None => request.run(&c_string(program.as_bytes())?),
+        Some(path) => {
+            let (file, path) = (program.as_bytes(), path.as_bytes());
+            if file.contains(&0) || path.contains(&0) {
+                return Err(embedded_null());
+            }
+            request.run_searching(file, path)
+        }
+    };
+    outcome.map_err(|err| errors::os_error_naming(filename, err))
+}
+
+fn c_strings(items: &[Bound<'_, PyBytes>]) -> PyResult<Vec<CString>> {
+    items.iter().map(|item| c_string(item.as_bytes())).collect()
+}
+
+fn c_string(bytes: &[u8]) -> PyResult<CString> {
+    CString::new(bytes).map_err(|_| embedded_null())
+}
+
+/// What `os` and `_posixsubprocess` raise for a NUL inside a path, argument or variable.
+fn embedded_null() -> PyErr {
+    PyValueError::new_err("embedded null byte")
+}
