@@ -31,103 +31,87 @@ def popen_class():
 
 
 class Popen(subprocess.Popen):
-    def _execute_child(
-        self,
-        args,
-        executable,
-        preexec_fn,
-        close_fds,
-        pass_fds,
-        cwd,
-        env,
-        startupinfo,
-        creationflags,
-        shell,
-        p2cread,
-        p2cwrite,
-        c2pread,
-        c2pwrite,
-        errread,
-        errwrite,
-        restore_signals,
-        gid,
-        gids,
-        uid,
-        umask,
-        start_new_session,
-        process_group,
+    def _execute_child(self, *options):
+        if not _start_natively(self, *options):
+            super()._execute_child(*options)
+
+
+def _start_natively(
+    popen,
+    args,
+    executable,
+    preexec_fn,
+    close_fds,
+    pass_fds,
+    cwd,
+    env,
+    startupinfo,
+    creationflags,
+    shell,
+    p2cread,
+    p2cwrite,
+    c2pread,
+    c2pwrite,
+    errread,
+    errwrite,
+    restore_signals,
+    gid,
+    gids,
+    uid,
+    umask,
+    start_new_session,
+    process_group,
+):
+    """`Popen._execute_child` for the options the native path reproduces; False, having done
+    nothing, for any other. Takes `_execute_child`'s arguments, in its order."""
+    stdio = (p2cread, c2pwrite, errwrite)
+    if not (
+        preexec_fn is None
+        and not pass_fds
+        and cwd is None
+        and gid is None
+        and gids is None
+        and uid is None
+        and umask < 0
+        and process_group == -1
+        and (_oxio.SPAWN_CLOSES_FDS or not close_fds)
+        and all(fd == -1 or fd > 2 for fd in stdio)
     ):
-        stdio = (p2cread, c2pwrite, errwrite)
-        if not (
-            preexec_fn is None
-            and not pass_fds
-            and cwd is None
-            and gid is None
-            and gids is None
-            and uid is None
-            and umask < 0
-            and process_group == -1
-            and (_oxio.SPAWN_CLOSES_FDS or not close_fds)
-            and all(fd == -1 or fd > 2 for fd in stdio)
-        ):
-            return super()._execute_child(
-                args,
-                executable,
-                preexec_fn,
-                close_fds,
-                pass_fds,
-                cwd,
-                env,
-                startupinfo,
-                creationflags,
-                shell,
-                p2cread,
-                p2cwrite,
-                c2pread,
-                c2pwrite,
-                errread,
-                errwrite,
-                restore_signals,
-                gid,
-                gids,
-                uid,
-                umask,
-                start_new_session,
-                process_group,
-            )
+        return False
 
-        # From here to the audit event, Popen's own steps: the same arguments reach the child.
-        if isinstance(args, (str, bytes)):
-            args = [args]
-        elif isinstance(args, os.PathLike):
-            if shell:
-                raise TypeError("path-like args is not allowed when shell is true")
-            args = [args]
-        else:
-            args = list(args)
+    # From here to the audit event, Popen's own steps: the same arguments reach the child.
+    if isinstance(args, (str, bytes)):
+        args = [args]
+    elif isinstance(args, os.PathLike):
         if shell:
-            args = ["/bin/sh", "-c", *args]
-            if executable:
-                args[0] = executable
-        if executable is None:
-            executable = args[0]
-        sys.audit("subprocess.Popen", executable, args, cwd, env)
+            raise TypeError("path-like args is not allowed when shell is true")
+        args = [args]
+    else:
+        args = list(args)
+    if shell:
+        args = ["/bin/sh", "-c", *args]
+        if executable:
+            args[0] = executable
+    if executable is None:
+        executable = args[0]
+    sys.audit("subprocess.Popen", executable, args, cwd, env)
 
-        program = os.fsencode(executable)
-        self.pid = _oxio.spawn(
-            program,
-            [os.fsencode(arg) for arg in args],
-            env=None if env is None else _environment(env),
-            # A name without a slash is looked up in PATH; a path is run as it is.
-            search_path=None if b"/" in program else _search_path(env),
-            stdio=stdio,
-            close_fds=close_fds,
-            restore_signals=restore_signals,
-            new_session=start_new_session,
-            filename=executable,
-        )
-        self._child_created = True
-        self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
+    program = os.fsencode(executable)
+    popen.pid = _oxio.spawn(
+        program,
+        [os.fsencode(arg) for arg in args],
+        env=None if env is None else _environment(env),
+        # A name without a slash is looked up in PATH; a path is run as it is.
+        search_path=None if b"/" in program else _search_path(env),
+        stdio=stdio,
+        close_fds=close_fds,
+        restore_signals=restore_signals,
+        new_session=start_new_session,
+        filename=executable,
+    )
+    popen._child_created = True
+    popen._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
+    return True
 
 
 def _environment(env):
@@ -150,12 +134,11 @@ def _search_path(env):
 
 
 def _same_signature():
-    """Whether this Python's `Popen._execute_child` takes the arguments `Popen` above expects;
-    if a later version changes them, subprocesses use `subprocess.Popen` unchanged."""
-    ours = Popen._execute_child.__code__
+    """Whether this Python's `Popen._execute_child` takes the arguments `_start_natively`
+    expects; if a later version changes them, subprocesses use `subprocess.Popen` unchanged."""
+    ours = _start_natively.__code__
     theirs = subprocess.Popen._execute_child.__code__
-    count = ours.co_argcount
-    return theirs.co_argcount == count and theirs.co_varnames[:count] == ours.co_varnames[:count]
+    return ours.co_varnames[1 : ours.co_argcount] == theirs.co_varnames[1 : theirs.co_argcount]
 
 
 if not _same_signature():
