@@ -141,6 +141,7 @@ def test_environment(Popen):
         (["true"], {"env": {"PATH": "/bin\0:/usr/bin"}}),
         ([1], {}),
         ([], {}),
+        (["true"], {"stdin": 999_999}),  # a set-up step fails in the child: no file named
     ],
 )
 def test_bad_arguments_raise_what_popen_raises(args, kwargs):

@@ -11,7 +11,6 @@ from _typeshed import FileDescriptorLike
 from typing_extensions import Buffer, disjoint_base
 
 __all__ = [
-    "SPAWN_CLOSES_FDS",
     "DatagramCore",
     "EventLoop",
     "Handle",
@@ -23,9 +22,6 @@ __all__ = [
     "WritePipeCore",
     "spawn",
 ]
-
-# Whether spawn() honours close_fds=True here (glibc 2.34 or later).
-SPAWN_CLOSES_FDS: bool
 
 def spawn(
     program: bytes,

@@ -1,17 +1,17 @@
-"""`Popen`, a `subprocess.Popen` that starts the common child in one native `posix_spawn`.
+"""`Popen`, a `subprocess.Popen` whose common child starts in oxio's native spawn.
 
-`subprocess.Popen` starts a child through `_posixsubprocess.fork_exec`: it opens an error pipe,
-builds the list of paths to try in Python, forks (`vfork`), and reads the pipe to learn whether
-the exec worked. `oxio._oxio.spawn` does the same work in Rust with glibc's `posix_spawn`, which
-reports a failed exec as its return value; the parent's CPU time per spawn drops by about half.
+`subprocess.Popen` starts a child through `_posixsubprocess.fork_exec`: it builds the list of
+paths to try in Python, opens an error pipe, `vfork`s, and reads the pipe to learn whether an
+exec worked. `oxio._oxio.spawn` does the same in Rust (`oxio-core`'s `process/`): the child
+shares the parent's memory until it execs, tries the paths itself with `Popen`'s rules, and
+leaves its outcome in that memory, so there is no pipe, and the child's stack is reused.
 
 Only `_execute_child` is replaced, so everything else (argument checks, pipes, `wait`, `poll`,
 `send_signal`, the object `get_extra_info('subprocess')` returns) is `Popen`'s own. The native
 path takes the options it reproduces exactly: the program search and its errors, `env`, the
-standard streams, `close_fds` (where glibc can close descriptors for it), `restore_signals` and
-`start_new_session`. Anything else (`preexec_fn`, `cwd`, `pass_fds`, `user`, `group`,
-`extra_groups`, `umask`, `process_group`, a standard stream on descriptor 0 to 2) goes to
-`Popen`'s own `_execute_child`.
+standard streams, `close_fds`, `restore_signals` and `start_new_session`. Anything else
+(`preexec_fn`, `cwd`, `pass_fds`, `user`, `group`, `extra_groups`, `umask`, `process_group`, a
+standard stream on descriptor 0 to 2) goes to `Popen`'s own `_execute_child`.
 """
 
 import os
@@ -74,7 +74,6 @@ def _start_natively(
         and uid is None
         and umask < 0
         and process_group == -1
-        and (_oxio.SPAWN_CLOSES_FDS or not close_fds)
         and all(fd == -1 or fd > 2 for fd in stdio)
     ):
         return False

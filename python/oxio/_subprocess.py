@@ -4,11 +4,11 @@ The process side is asyncio's own: `asyncio.base_subprocess.BaseSubprocessTransp
 protocol callbacks in asyncio's order over the loop's pipe transports (native in oxio), and the
 argument checks of `subprocess_exec`/`subprocess_shell` are taken from `BaseEventLoop` so that
 they follow the running Python exactly. What oxio adds is how a child starts (a `Popen` whose
-common case is one native `posix_spawn`, see `_spawn`) and how its exit is noticed: a
-pidfd polled by the loop itself (no SIGCHLD handler, no thread, no `waitpid` on a pid it was
-not given, so it never races another watcher), with a waiting thread per child where pidfds
-are unavailable. A child watcher that the user installed on the policy (3.11 to 3.13) is
-honoured instead, as asyncio honours it.
+common case starts natively, see `_spawn`) and how its exit is noticed: a pidfd polled by the
+loop itself (no SIGCHLD handler, no thread, no `waitpid` on a pid it was not given, so it never
+races another watcher), with a waiting thread per child where pidfds are unavailable. A child
+watcher that the user installed on the policy (3.11 to 3.13) is honoured instead, as asyncio
+honours it.
 """
 
 import os

@@ -17,7 +17,7 @@ pub mod waker;
 
 pub use clock::monotonic;
 pub use fd_map::FdMap;
-pub use process::Spawn;
+pub use process::{Spawn, SpawnError};
 pub use reactor::{Event, Events, Interest, Poller};
 pub use timer::TimerHeap;
 pub use transport::datagram::{Address, DatagramQueue, SockAddr};

@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use oxio_core::Spawn;
+use oxio_core::{Spawn, SpawnError};
 
 fn strings(items: &[&str]) -> Vec<CString> {
     items.iter().map(|s| CString::new(*s).unwrap()).collect()
@@ -22,6 +22,14 @@ fn spawn(argv: &[CString]) -> Spawn<'_> {
         close_fds: false,
         restore_signals: true,
         new_session: false,
+    }
+}
+
+/// The errno of an exec that failed.
+fn exec_errno(outcome: Result<libc::pid_t, SpawnError>) -> Option<i32> {
+    match outcome {
+        Err(SpawnError::Exec(err)) => err.raw_os_error(),
+        other => panic!("expected an exec error, got {other:?}"),
     }
 }
 
@@ -80,8 +88,8 @@ fn runs_a_program_by_path_and_reports_its_exit() {
 #[test]
 fn a_missing_program_is_enoent() {
     let argv = strings(&["nope"]);
-    let err = spawn(&argv).run(c"/nonexistent/nope").unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    let outcome = spawn(&argv).run(c"/nonexistent/nope");
+    assert_eq!(exec_errno(outcome), Some(libc::ENOENT));
 }
 
 #[test]
@@ -108,10 +116,8 @@ fn the_search_keeps_going_past_a_file_it_may_not_run() {
 
     // With no runnable copy, the first error other than "not found" is the one reported.
     let path = format!("{}:/nonexistent", first.display());
-    let err = spawn(&argv)
-        .run_searching(b"tool", path.as_bytes())
-        .unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EACCES));
+    let outcome = spawn(&argv).run_searching(b"tool", path.as_bytes());
+    assert_eq!(exec_errno(outcome), Some(libc::EACCES));
     let _ = fs::remove_dir_all(first);
     let _ = fs::remove_dir_all(second);
 }
@@ -119,17 +125,17 @@ fn the_search_keeps_going_past_a_file_it_may_not_run() {
 #[test]
 fn nothing_found_is_enoent() {
     let argv = strings(&["nope"]);
-    let err = spawn(&argv)
-        .run_searching(b"oxio-no-such-program", b"/bin:/usr/bin")
-        .unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    let outcome = spawn(&argv).run_searching(b"oxio-no-such-program", b"/bin:/usr/bin");
+    assert_eq!(exec_errno(outcome), Some(libc::ENOENT));
 }
 
 #[test]
 fn an_empty_directory_in_the_path_is_the_current_one() {
     let argv = strings(&["sh", "-c", "exit 4"]);
-    let err = spawn(&argv).run_searching(b"sh", b"").unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    assert_eq!(
+        exec_errno(spawn(&argv).run_searching(b"sh", b"")),
+        Some(libc::ENOENT)
+    );
     let pid = spawn(&argv).run_searching(b"sh", b":/bin").unwrap();
     assert_eq!(exit_code(pid), 4);
 }
@@ -172,9 +178,6 @@ fn child_sees(fd: RawFd, close_fds: bool) -> String {
 
 #[test]
 fn close_fds_closes_inherited_descriptors() {
-    if !Spawn::can_close_fds() {
-        return; // glibc before 2.34: callers fall back to Popen.
-    }
     let fd = inheritable_fd();
     assert_eq!(child_sees(fd.as_raw_fd(), false), "open\n");
     assert_eq!(child_sees(fd.as_raw_fd(), true), "closed\n");
@@ -227,4 +230,50 @@ fn the_environment_is_the_one_given() {
     fs::File::from(read).read_to_string(&mut out).unwrap();
     assert_eq!(exit_code(pid), 0);
     assert_eq!(out, "hello there\n");
+}
+
+#[test]
+fn a_bad_stdio_descriptor_fails_the_set_up() {
+    let argv = strings(&["true"]);
+    let mut request = spawn(&argv);
+    request.stdio[0] = 999_999;
+    match request.run(c"/bin/true") {
+        Err(SpawnError::Setup(err)) => assert_eq!(err.raw_os_error(), Some(libc::EBADF)),
+        other => panic!("expected a set-up error, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_child_gets_the_signal_mask_back() {
+    // The parent blocks every signal around the clone; the child must unblock what the
+    // calling thread had not blocked, or this shell would survive its own SIGUSR1.
+    let argv = strings(&["sh", "-c", "kill -USR1 $$; echo survived"]);
+    let pid = spawn(&argv).run(c"/bin/sh").unwrap();
+    let mut status = 0;
+    // SAFETY: waits for the child just started.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGUSR1);
+
+    // What the calling thread blocked stays blocked, as with fork and exec.
+    let mut usr2 = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: builds a one-signal set and blocks it in this test's thread only.
+    unsafe {
+        libc::sigemptyset(usr2.as_mut_ptr());
+        libc::sigaddset(usr2.as_mut_ptr(), libc::SIGUSR2);
+        libc::pthread_sigmask(libc::SIG_BLOCK, usr2.as_ptr(), std::ptr::null_mut());
+    }
+    // grep itself, not a shell, which may reset its mask.
+    let argv = strings(&["grep", "SigBlk", "/proc/self/status"]);
+    let mut request = spawn(&argv);
+    let (read, write) = pipe();
+    request.stdio[1] = write.as_raw_fd();
+    let pid = request.run_searching(b"grep", b"/usr/bin:/bin").unwrap();
+    // SAFETY: unblocks it again.
+    unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, usr2.as_ptr(), std::ptr::null_mut()) };
+    drop(write);
+    let mut line = String::new();
+    fs::File::from(read).read_to_string(&mut line).unwrap();
+    assert_eq!(exit_code(pid), 0);
+    let mask = u64::from_str_radix(line.trim().rsplit('\t').next().unwrap(), 16).unwrap();
+    assert_ne!(mask & (1 << (libc::SIGUSR2 - 1)), 0);
 }

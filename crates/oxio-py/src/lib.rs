@@ -32,7 +32,5 @@ fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transport::datagram::DatagramCore>()?;
     m.add_class::<tls::TlsProtocol>()?;
     m.add_function(wrap_pyfunction!(process::spawn, m)?)?;
-    // Whether `spawn` honours `close_fds=True` here (glibc 2.34 or later).
-    m.add("SPAWN_CLOSES_FDS", oxio_core::Spawn::can_close_fds())?;
     Ok(())
 }

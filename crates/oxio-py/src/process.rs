@@ -1,10 +1,10 @@
-//! `spawn`: the engine's `posix_spawn` as the subprocess glue calls it in place of
-//! `_posixsubprocess.fork_exec` (see `python/oxio/_subprocess.py`).
+//! `spawn`: the engine's child start-up as the subprocess glue calls it in place of
+//! `_posixsubprocess.fork_exec` (see `python/oxio/_spawn.py`).
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
 
-use oxio_core::Spawn;
+use oxio_core::{Spawn, SpawnError};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -13,8 +13,8 @@ use crate::errors;
 
 /// Starts `program` with `argv` and returns its pid. `program` is a path when `search_path` is
 /// `None`, else a name looked up in it as `Popen` does. `env` is a list of `NAME=value` entries,
-/// or `None` for this process's environment. An exec that fails raises the `OSError` that
-/// `Popen` raises, naming `filename`.
+/// or `None` for this process's environment. A child that did not start raises the `OSError`
+/// that `Popen` raises: naming `filename` when the exec failed.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)] // Popen's options, one for one; keyword-only in Python.
 #[pyo3(signature = (program, argv, *, env, search_path, stdio, close_fds, restore_signals, new_session, filename))]
@@ -54,7 +54,11 @@ pub(crate) fn spawn(
             request.run_searching(file, path)
         }
     };
-    outcome.map_err(|err| errors::os_error_naming(filename, err))
+    outcome.map_err(|failure| match failure {
+        // Popen names no file when a set-up step failed, and the program when the exec did.
+        SpawnError::Setup(err) => errors::os_error(filename.py(), err),
+        SpawnError::Exec(err) => errors::os_error_naming(filename, err),
+    })
 }
 
 fn c_strings(items: &[Bound<'_, PyBytes>]) -> PyResult<Vec<CString>> {
