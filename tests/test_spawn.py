@@ -38,10 +38,22 @@ def run(Popen, args, **kwargs):
     return proc.returncode, out, err
 
 
+def children():
+    """The pids of this process's children (zombies included)."""
+    pids = set()
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as listing:
+            pids.update(listing.read().split())
+    return pids
+
+
 def raised(Popen, args, **kwargs):
-    """The exception starting `args` raises, as (type, errno, strerror, filename)."""
+    """The exception starting `args` raises, as (type, errno, strerror, filename). A child that
+    did not start must also be gone, not left a zombie."""
+    before = children()
     with pytest.raises(Exception) as info:
         Popen(args, **kwargs)
+    assert children() <= before
     exc = info.value
     return (
         type(exc),

@@ -21,6 +21,7 @@ __all__ = [
     "TlsProtocol",
     "WritePipeCore",
     "spawn",
+    "spawn_supported",
 ]
 
 def spawn(
@@ -35,6 +36,7 @@ def spawn(
     new_session: bool,
     filename: Any,
 ) -> int: ...
+def spawn_supported() -> bool: ...
 
 @disjoint_base
 class Handle:

@@ -75,6 +75,9 @@ def _start_natively(
         and umask < 0
         and process_group == -1
         and all(fd == -1 or fd > 2 for fd in stdio)
+        # Popen's switch for programs that vfork breaks: oxio's child is a vfork child too.
+        and subprocess._USE_VFORK
+        and _oxio.spawn_supported()
     ):
         return False
 

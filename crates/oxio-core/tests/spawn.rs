@@ -105,14 +105,16 @@ fn the_search_passes_over_missing_directories() {
 fn the_search_keeps_going_past_a_file_it_may_not_run() {
     let first = temp_dir("first");
     let second = temp_dir("second");
-    write_file(&first.join("tool"), "#!/bin/sh\nexit 1\n", 0o644);
-    write_file(&second.join("tool"), "#!/bin/sh\nexit 5\n", 0o755);
+    // A script that may not be run (EACCES comes before any ETXTBSY), then a link to a program:
+    // no executable is written here, so none can be busy in another test's half-started child.
+    write_file(&first.join("tool"), "#!/bin/sh\nexit 9\n", 0o644);
+    std::os::unix::fs::symlink("/bin/false", second.join("tool")).unwrap();
     let path = format!("{}:{}", first.display(), second.display());
     let argv = strings(&["tool"]);
     let pid = spawn(&argv)
         .run_searching(b"tool", path.as_bytes())
         .unwrap();
-    assert_eq!(exit_code(pid), 5);
+    assert_eq!(exit_code(pid), 1);
 
     // With no runnable copy, the first error other than "not found" is the one reported.
     let path = format!("{}:/nonexistent", first.display());
@@ -276,4 +278,23 @@ fn the_child_gets_the_signal_mask_back() {
     assert_eq!(exit_code(pid), 0);
     let mask = u64::from_str_radix(line.trim().rsplit('\t').next().unwrap(), 16).unwrap();
     assert_ne!(mask & (1 << (libc::SIGUSR2 - 1)), 0);
+}
+
+#[test]
+fn threads_spawning_at_once_each_get_their_child() {
+    let workers: Vec<_> = (0..6)
+        .map(|worker| {
+            std::thread::spawn(move || {
+                for round in 0..20 {
+                    let code = (worker * 20 + round) % 100;
+                    let argv = strings(&["sh", "-c", &format!("exit {code}")]);
+                    let pid = spawn(&argv).run(c"/bin/sh").unwrap();
+                    assert_eq!(exit_code(pid), code);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
 }

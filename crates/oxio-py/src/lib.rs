@@ -32,5 +32,6 @@ fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transport::datagram::DatagramCore>()?;
     m.add_class::<tls::TlsProtocol>()?;
     m.add_function(wrap_pyfunction!(process::spawn, m)?)?;
+    m.add_function(wrap_pyfunction!(process::spawn_supported, m)?)?;
     Ok(())
 }

@@ -5,20 +5,32 @@ use std::ffi::CString;
 use std::os::fd::RawFd;
 
 use oxio_core::{Spawn, SpawnError};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::errors;
 
-/// Starts `program` with `argv` and returns its pid. `program` is a path when `search_path` is
-/// `None`, else a name looked up in it as `Popen` does. `env` is a list of `NAME=value` entries,
-/// or `None` for this process's environment. A child that did not start raises the `OSError`
-/// that `Popen` raises: naming `filename` when the exec failed.
+/// Whether `spawn` works in this process (see `Spawn::supported`); where it does not (an old
+/// glibc, or `vfork` emulated by a fork under qemu-user or Valgrind), `Popen` starts children.
+#[pyfunction]
+pub(crate) fn spawn_supported() -> bool {
+    Spawn::supported()
+}
+
+/// Starts `program` with `argv` and returns its pid; `spawn_supported()` must be true.
+/// `program` is a path when `search_path` is `None`, else a name looked up in it as `Popen`
+/// does. `env` is a list of `NAME=value` entries, or `None` for this process's environment. A
+/// child that did not start raises the `OSError` that `Popen` raises: naming `filename` when
+/// the exec failed.
+///
+/// The GIL is released until the child has exec'd: an exec can take long (a program on a slow
+/// file system), and CPython releases it there too since 3.11.5 (gh-104372).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)] // Popen's options, one for one; keyword-only in Python.
 #[pyo3(signature = (program, argv, *, env, search_path, stdio, close_fds, restore_signals, new_session, filename))]
 pub(crate) fn spawn(
+    py: Python<'_>,
     program: &Bound<'_, PyBytes>,
     argv: Vec<Bound<'_, PyBytes>>,
     env: Option<Vec<Bound<'_, PyBytes>>>,
@@ -36,6 +48,16 @@ pub(crate) fn spawn(
     }
     let argv = c_strings(&argv)?;
     let env = env.as_deref().map(c_strings).transpose()?;
+    let program = match search_path {
+        None => Program::Path(c_string(program.as_bytes())?),
+        Some(path) => {
+            let (file, path) = (program.as_bytes(), path.as_bytes());
+            if file.contains(&0) || path.contains(&0) {
+                return Err(embedded_null());
+            }
+            Program::Search(file.to_vec(), path.to_vec())
+        }
+    };
     let request = Spawn {
         argv: &argv,
         env: env.as_deref(),
@@ -44,21 +66,25 @@ pub(crate) fn spawn(
         restore_signals,
         new_session,
     };
-    let outcome = match search_path {
-        None => request.run(&c_string(program.as_bytes())?),
-        Some(path) => {
-            let (file, path) = (program.as_bytes(), path.as_bytes());
-            if file.contains(&0) || path.contains(&0) {
-                return Err(embedded_null());
-            }
-            request.run_searching(file, path)
-        }
-    };
-    outcome.map_err(|failure| match failure {
+    let outcome = py.detach(|| match &program {
+        Program::Path(path) => request.run(path),
+        Program::Search(file, path) => request.run_searching(file, path),
+    });
+    match outcome {
+        Ok(pid) => Ok(pid),
+        Err(SpawnError::Unsupported) => Err(PyRuntimeError::new_err(
+            "this process cannot start children natively; check spawn_supported() first",
+        )),
         // Popen names no file when a set-up step failed, and the program when the exec did.
-        SpawnError::Setup(err) => errors::os_error(filename.py(), err),
-        SpawnError::Exec(err) => errors::os_error_naming(filename, err),
-    })
+        Err(SpawnError::Setup(err)) => Err(errors::os_error(py, err)),
+        Err(SpawnError::Exec(err)) => Err(errors::os_error_naming(filename, err)),
+    }
+}
+
+/// What to exec: a path, or a name to look up in a search path.
+enum Program {
+    Path(CString),
+    Search(Vec<u8>, Vec<u8>),
 }
 
 fn c_strings(items: &[Bound<'_, PyBytes>]) -> PyResult<Vec<CString>> {

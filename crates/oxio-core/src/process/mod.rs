@@ -4,7 +4,9 @@
 //! The child shares this process's memory until it `exec`s, and this thread waits for that, so
 //! no page tables are copied and the exec's outcome is read straight from memory: no error
 //! pipe. Unlike glibc's `posix_spawn`, the child's stack is reused rather than mapped and
-//! unmapped per call, and the search of `PATH` runs in the child, as `Popen`'s does.
+//! unmapped per call, and the search of `PATH` runs in the child, as `Popen`'s does. Where a
+//! child cannot share this memory (see [`Spawn::supported`]), nothing is started and the
+//! caller uses another way.
 
 mod child;
 mod stack;
@@ -14,6 +16,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 use std::ptr;
+use std::sync::OnceLock;
 
 use libc::{c_char, c_void, pid_t};
 
@@ -46,6 +49,10 @@ pub struct Spawn<'a> {
 /// Why a child did not start.
 #[derive(Debug)]
 pub enum SpawnError {
+    /// This process cannot share its memory with a child (a glibc older than 2.25, or `vfork`
+    /// emulated by a fork, as under qemu-user or Valgrind): nothing was started, and the
+    /// caller should start the child another way.
+    Unsupported,
     /// Setting the child up failed before any exec: `Popen` names no file then.
     Setup(io::Error),
     /// No exec succeeded; the error is the one `Popen` reports, naming the program.
@@ -53,6 +60,13 @@ pub enum SpawnError {
 }
 
 impl Spawn<'_> {
+    /// Whether this process can start children this way; the first call checks, by starting a
+    /// child that exits at once. Where it cannot, every spawn returns
+    /// [`SpawnError::Unsupported`].
+    pub fn supported() -> bool {
+        shares_memory_with_children()
+    }
+
     /// Starts `program`, a path, and returns the child's pid.
     pub fn run(&self, program: &CStr) -> Result<pid_t, SpawnError> {
         self.start(&[program.as_ptr()])
@@ -75,15 +89,18 @@ impl Spawn<'_> {
 
     /// Runs the first of `programs` that execs, in a child set up as `self` says.
     fn start(&self, programs: &[*const c_char]) -> Result<pid_t, SpawnError> {
+        if !shares_memory_with_children() {
+            return Err(SpawnError::Unsupported);
+        }
         let argv = null_terminated(self.argv);
         let env = self.env.map(null_terminated);
         let envp = match &env {
             Some(env) => env.as_ptr(),
-            // SAFETY: reads the `environ` pointer; it stays valid while the caller holds the
-            // lock that serialises changes to the environment (the GIL, for os.environ).
+            // SAFETY: reads the `environ` pointer. Like `execv` in `_posixsubprocess`'s child,
+            // the child reads the array it points to, which a concurrent `setenv` in another
+            // thread could reallocate meanwhile; os.environ's writes need the GIL.
             None => unsafe { environ },
         };
-        let stack = stack::lock().map_err(SpawnError::Setup)?;
         let blocked = AllSignalsBlocked::new();
         let mut plan = ChildPlan {
             programs,
@@ -99,23 +116,9 @@ impl Spawn<'_> {
         // NOTE: glibc's posix_spawn, used first, cost the parent 151 µs of CPU per spawn and
         // wait through asyncio, this 134 µs: its child stack was mapped and unmapped per call,
         // and the parent stat'ed each directory of PATH.
-        // SAFETY: `child::main` is the entry point of a child that shares this memory (see
-        // child.rs); `stack.top()` is the top of a stack nothing else uses while the lock is
-        // held; `plan` outlives the child's use of it, since with CLONE_VFORK the call returns
-        // only once the child has exec'd or exited. SIGCHLD makes it an ordinary child.
-        let pid = unsafe {
-            libc::clone(
-                child::main,
-                stack.top(),
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-                ptr::addr_of_mut!(plan).cast::<c_void>(),
-            )
-        };
+        let pid = clone_sharing_memory(child::main, ptr::addr_of_mut!(plan).cast());
         drop(blocked);
-        drop(stack);
-        if pid < 0 {
-            return Err(SpawnError::Setup(io::Error::last_os_error()));
-        }
+        let pid = pid.map_err(SpawnError::Setup)?;
         // SAFETY: the child has exec'd or exited; it wrote `outcome` before either, and wrote
         // nothing since. The read is volatile because the compiler cannot see that write.
         let outcome = unsafe { ptr::read_volatile(ptr::addr_of!(plan.outcome)) };
@@ -126,6 +129,74 @@ impl Spawn<'_> {
         };
         reap(pid);
         Err(failure)
+    }
+}
+
+/// Starts `entry(arg)` in a child that shares this process's memory, on a stack of its own, and
+/// returns once that child has exec'd or exited (CLONE_VFORK). `entry` must do only what a
+/// `vfork` child may (see child.rs), and `arg` must stay valid until this returns. Every signal
+/// should be blocked in this thread meanwhile, so that none of its handlers runs in the child.
+fn clone_sharing_memory(
+    entry: extern "C" fn(*mut c_void) -> libc::c_int,
+    arg: *mut c_void,
+) -> io::Result<pid_t> {
+    let stack = stack::acquire()?;
+    // SAFETY: `entry` and `arg` are as this function requires; `stack.top()` is the top of a
+    // stack that nothing else uses while `stack` is held, and the child stops using it when
+    // it execs or exits, before this call returns. SIGCHLD makes it an ordinary child.
+    let pid = unsafe {
+        libc::clone(
+            entry,
+            stack.top(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            arg,
+        )
+    };
+    // Read errno before anything else can change it (releasing the stack may call futex).
+    let result = if pid < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(pid)
+    };
+    drop(stack);
+    result
+}
+
+/// Whether a child started by `clone_sharing_memory` really shares this memory, checked once:
+/// glibc before 2.25 corrupted the parent thread's cached ids in such a child, and qemu-user
+/// and Valgrind turn the clone into a fork, so that the child's report would never arrive.
+fn shares_memory_with_children() -> bool {
+    static SHARES: OnceLock<bool> = OnceLock::new();
+    *SHARES.get_or_init(|| glibc_at_least(2, 25) && probe_child_writes_reach_parent())
+}
+
+fn probe_child_writes_reach_parent() -> bool {
+    let mut written = false;
+    let blocked = AllSignalsBlocked::new();
+    let pid = clone_sharing_memory(child::probe, ptr::addr_of_mut!(written).cast());
+    drop(blocked);
+    let Ok(pid) = pid else {
+        return false;
+    };
+    reap(pid);
+    // SAFETY: the child wrote the flag, if it shares this memory, before it exited; volatile
+    // because the compiler cannot see that write.
+    unsafe { ptr::read_volatile(ptr::addr_of!(written)) }
+}
+
+fn glibc_at_least(major: u32, minor: u32) -> bool {
+    // SAFETY: glibc returns a static string such as "2.36".
+    let version = unsafe { CStr::from_ptr(libc::gnu_get_libc_version()) };
+    let mut parts = version
+        .to_str()
+        .unwrap_or("")
+        .split('.')
+        .map(|p| p.parse::<u32>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(found_major)), Some(Ok(found_minor))) => {
+            (found_major, found_minor) >= (major, minor)
+        }
+        _ => false,
     }
 }
 
@@ -156,7 +227,7 @@ impl Drop for AllSignalsBlocked {
     }
 }
 
-fn empty_signal_set() -> libc::sigset_t {
+pub(super) fn empty_signal_set() -> libc::sigset_t {
     let mut set = MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: sigemptyset initialises the set.
     unsafe {

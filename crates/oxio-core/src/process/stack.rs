@@ -1,31 +1,31 @@
-//! The stack a spawned child runs on until it execs: mapped once, below a guard page, and
-//! reused by every spawn; a lock keeps two spawns from sharing it.
+//! The stack a spawned child runs on until it execs: mapped once, above a guard page, and
+//! reused. A spawn that finds it in use (another thread spawning, or a fork that happened
+//! meanwhile and left the lock held in this process) maps a stack of its own for the call.
 
 use std::io;
 use std::ptr;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use libc::c_void;
 
 /// Enough for the child's few libc calls; glibc's `posix_spawn` gives its child 32 KiB.
 const STACK_SIZE: usize = 64 * 1024;
 
+/// A private mapping: one inaccessible guard page, then the stack. Unmapped on drop.
 pub(super) struct ChildStack {
-    /// The lowest address of the mapping: one inaccessible guard page, then the stack.
     base: *mut c_void,
 }
 
-// SAFETY: the mapping is plain memory, used by one spawn at a time under `STACK`'s lock.
+// SAFETY: the mapping is plain memory, used by one spawn at a time.
 unsafe impl Send for ChildStack {}
 
 impl ChildStack {
     fn map() -> io::Result<Self> {
-        let guard = page_size();
         // SAFETY: an anonymous private mapping at an address the kernel picks.
         let base = unsafe {
             libc::mmap(
                 ptr::null_mut(),
-                guard + STACK_SIZE,
+                mapping_size(),
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
                 -1,
@@ -35,21 +35,26 @@ impl ChildStack {
         if base == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
+        let stack = Self { base };
         // SAFETY: the first page of the mapping just made: an overflow faults there instead of
         // writing below the stack.
-        if unsafe { libc::mprotect(base, guard, libc::PROT_NONE) } != 0 {
-            let err = io::Error::last_os_error();
-            // SAFETY: unmaps the mapping just made, which nothing else knows of.
-            unsafe { libc::munmap(base, guard + STACK_SIZE) };
-            return Err(err);
+        if unsafe { libc::mprotect(base, page_size(), libc::PROT_NONE) } != 0 {
+            return Err(io::Error::last_os_error());
         }
-        Ok(Self { base })
+        Ok(stack)
     }
 
     /// The stack's highest address, where a downward-growing stack starts.
-    pub(super) fn top(&self) -> *mut c_void {
+    fn top(&self) -> *mut c_void {
         // SAFETY: one past the end of the mapping made in `map`.
-        unsafe { self.base.cast::<u8>().add(page_size() + STACK_SIZE).cast() }
+        unsafe { self.base.cast::<u8>().add(mapping_size()).cast() }
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: unmaps the mapping made in `map`, which no child uses any more.
+        unsafe { libc::munmap(self.base, mapping_size()) };
     }
 }
 
@@ -59,22 +64,51 @@ fn page_size() -> usize {
     usize::try_from(size).unwrap_or(4096)
 }
 
-static STACK: Mutex<Option<ChildStack>> = Mutex::new(None);
+fn mapping_size() -> usize {
+    page_size() + STACK_SIZE
+}
 
-/// The stack, mapped on first use, for one spawn at a time.
-pub(super) fn lock() -> io::Result<StackGuard> {
-    let mut guard = STACK.lock().unwrap_or_else(PoisonError::into_inner);
+/// The process's reusable stack, mapped on first use and kept for the process's life.
+static SHARED: Mutex<Option<ChildStack>> = Mutex::new(None);
+
+/// A stack for one spawn: the shared one, or one of its own.
+pub(super) enum Lease {
+    Shared(MutexGuard<'static, Option<ChildStack>>),
+    Own(ChildStack),
+}
+
+impl Lease {
+    pub(super) fn top(&self) -> *mut c_void {
+        match self {
+            Self::Shared(guard) => guard.as_ref().map_or(ptr::null_mut(), ChildStack::top),
+            Self::Own(stack) => stack.top(),
+        }
+    }
+}
+
+/// A stack nothing else uses until the lease is dropped.
+pub(super) fn acquire() -> io::Result<Lease> {
+    let mut guard = match SHARED.try_lock() {
+        Ok(guard) => guard,
+        Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        Err(TryLockError::WouldBlock) => return ChildStack::map().map(Lease::Own),
+    };
     if guard.is_none() {
         *guard = Some(ChildStack::map()?);
     }
-    Ok(StackGuard(guard))
+    Ok(Lease::Shared(guard))
 }
 
-/// Holds the stack's lock; the stack is mapped for as long as the process runs.
-pub(super) struct StackGuard(MutexGuard<'static, Option<ChildStack>>);
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl StackGuard {
-    pub(super) fn top(&self) -> *mut c_void {
-        self.0.as_ref().map_or(ptr::null_mut(), ChildStack::top)
+    #[test]
+    fn a_busy_shared_stack_gives_a_stack_of_its_own() {
+        let first = acquire().unwrap();
+        let second = acquire().unwrap();
+        assert!(matches!(second, Lease::Own(_)) || matches!(first, Lease::Own(_)));
+        assert_ne!(first.top(), second.top());
+        assert!(!first.top().is_null() && !second.top().is_null());
     }
 }
