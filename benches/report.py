@@ -189,6 +189,7 @@ def write_chart(results, loops, meta, path):
 
 def write_readme(results, loops, meta):
     net, cpus, load = meta["net"], meta["cpus"], meta["loadavg"]
+    http_warmup = f"{net['wrk_warmup']} s of warm-up, then " if net["wrk_warmup"] else ""
     pinning = (
         f"the server is pinned to CPU {cpus['server']} and the load generator to CPU "
         f"{cpus['client']}"
@@ -220,8 +221,8 @@ def write_readme(results, loops, meta):
         f"rows are driven by `loadgen` (Rust, mio, one thread): {net['connections']} "
         "connections, each sending a message and waiting for its whole echo before the next; "
         f"{net['warmup']} s of warm-up, then {net['seconds']} s measured. The HTTP rows are "
-        f"driven by `wrk -t1 -c{net['connections']}` for {max(1, round(net['seconds']))} s "
-        "(no warm-up), pipelined 16 deep through `http_pipeline.lua` in the pipelined row. "
+        f"driven by `wrk -t1 -c{net['connections']}`: {http_warmup}{net['wrk_seconds']} s "
+        "measured, pipelined 16 deep through `http_pipeline.lua` in the pipelined row. "
         "`ops/CPU-s` there is per CPU-second of the server process over the measured window "
         "(all its threads, from /proc schedstat).",
         "- `limit` is `echo-limit`, a single-threaded Rust echo server (mio), driven the same "

@@ -140,7 +140,11 @@ def main():
         "rounds": opts.rounds,
         "workload_scale": opts.workload_scale,
         "workload_seconds": MIN_SECONDS * opts.workload_scale,
-        "net": dataclasses.asdict(net),
+        "net": {
+            **dataclasses.asdict(net),
+            "wrk_warmup": net.wrk_warmup,
+            "wrk_seconds": net.wrk_seconds,
+        },
         "cpus": {"server": netbench.SERVER_CPU, "client": netbench.CLIENT_CPU},
         "loadavg": {"before": load_before, "after": os.getloadavg()},
         "seconds": round(time.monotonic() - started),
