@@ -96,9 +96,9 @@ impl Spawn<'_> {
         let env = self.env.map(null_terminated);
         let envp = match &env {
             Some(env) => env.as_ptr(),
-            // SAFETY: reads the `environ` pointer. Like `execv` in `_posixsubprocess`'s child,
-            // the child reads the array it points to, which a concurrent `setenv` in another
-            // thread could reallocate meanwhile; os.environ's writes need the GIL.
+            // SAFETY: reads the `environ` pointer. The child reads the array it points to,
+            // which a `setenv` in another thread could reallocate meanwhile: the same race as
+            // `execv` in `_posixsubprocess`'s child, which also runs without the GIL.
             None => unsafe { environ },
         };
         let blocked = AllSignalsBlocked::new();
