@@ -71,32 +71,50 @@ fn mapping_size() -> usize {
 /// The process's reusable stack, mapped on first use and kept for the process's life.
 static SHARED: Mutex<Option<ChildStack>> = Mutex::new(None);
 
-/// A stack for one spawn: the shared one, or one of its own.
-pub(super) enum Lease {
-    Shared(MutexGuard<'static, Option<ChildStack>>),
-    Own(ChildStack),
+/// A stack for one spawn, nothing else using it until the lease is dropped.
+pub(super) struct Lease {
+    top: *mut c_void,
+    _held: Held,
+}
+
+/// What keeps the stack to this spawn: the shared stack's lock, or a stack of its own.
+enum Held {
+    Shared {
+        _guard: MutexGuard<'static, Option<ChildStack>>,
+    },
+    Own {
+        _stack: ChildStack,
+    },
 }
 
 impl Lease {
     pub(super) fn top(&self) -> *mut c_void {
-        match self {
-            Self::Shared(guard) => guard.as_ref().map_or(ptr::null_mut(), ChildStack::top),
-            Self::Own(stack) => stack.top(),
-        }
+        self.top
     }
 }
 
-/// A stack nothing else uses until the lease is dropped.
+/// The shared stack, or, when it is in use, one of the lease's own.
 pub(super) fn acquire() -> io::Result<Lease> {
     let mut guard = match SHARED.try_lock() {
         Ok(guard) => guard,
         Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-        Err(TryLockError::WouldBlock) => return ChildStack::map().map(Lease::Own),
+        Err(TryLockError::WouldBlock) => {
+            let stack = ChildStack::map()?;
+            let top = stack.top();
+            return Ok(Lease {
+                top,
+                _held: Held::Own { _stack: stack },
+            });
+        }
     };
-    if guard.is_none() {
-        *guard = Some(ChildStack::map()?);
-    }
-    Ok(Lease::Shared(guard))
+    let top = match &*guard {
+        Some(stack) => stack.top(),
+        None => guard.insert(ChildStack::map()?).top(),
+    };
+    Ok(Lease {
+        top,
+        _held: Held::Shared { _guard: guard },
+    })
 }
 
 #[cfg(test)]
@@ -107,8 +125,9 @@ mod tests {
     fn a_busy_shared_stack_gives_a_stack_of_its_own() {
         let first = acquire().unwrap();
         let second = acquire().unwrap();
-        assert!(matches!(second, Lease::Own(_)) || matches!(first, Lease::Own(_)));
+        assert!(
+            matches!(second._held, Held::Own { .. }) || matches!(first._held, Held::Own { .. })
+        );
         assert_ne!(first.top(), second.top());
-        assert!(!first.top().is_null() && !second.top().is_null());
     }
 }
