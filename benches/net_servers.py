@@ -142,8 +142,9 @@ def protocol_server(factory):
         create = loop.create_unix_server if unix else loop.create_server
         server = await create(factory, **kwargs, ssl=ssl)
         ready(server.sockets[0])
-        async with server:
-            await loop.create_future()
+        # Serves until the process is killed. Not `async with server` (rsloop's server is no
+        # context manager) nor `serve_forever()` (rloop has none).
+        await loop.create_future()
 
     return serve
 
@@ -159,8 +160,7 @@ async def streams_echo(endpoint, ready):
     start = asyncio.start_unix_server if unix else asyncio.start_server
     server = await start(echo, **kwargs)
     ready(server.sockets[0])
-    async with server:
-        await asyncio.get_running_loop().create_future()
+    await asyncio.get_running_loop().create_future()  # As in `protocol_server`.
 
 
 async def sock_echo(endpoint, ready):
@@ -208,6 +208,9 @@ def main():
     parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     parser.add_argument("endpoint")
     args = parser.parse_args()
+    # Made first: rsloop patches ssl.SSLContext when it is imported, and serves only a context
+    # whose certificate was loaded after that.
+    loop = new_loop(args.loop)
     # Only the servers that take a context get one: the others have no TLS to offer.
     options = {}
     if args.tls:
@@ -220,7 +223,6 @@ def main():
         print(json.dumps({"address": format_endpoint(sock)}), flush=True)
         ready_printed = True
 
-    loop = new_loop(args.loop)
     try:
         loop.run_until_complete(SERVERS[args.server](args.endpoint, ready, **options))
     except Exception as exc:

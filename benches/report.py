@@ -13,6 +13,13 @@ HERE = Path(__file__).resolve().parent
 WALL, CPU = "median", "cpu_median"
 # A load generator busier than this share of its CPU may be what limits the rate.
 BUSY = 0.9
+# What a reader of a loop's figures must know about how that loop takes part.
+LOOP_NOTES = {
+    "rsloop": "rsloop replaces `asyncio.start_server`, `asyncio.open_connection` and "
+    "`asyncio.create_subprocess_exec`/`_shell` with functions of its own when it is imported: "
+    "its TCP streams rows measure its own stream classes (its reader is no `asyncio.StreamReader`)"
+    " and its subprocess rows its own process objects, where every other loop runs asyncio's.",
+}
 # The `limit` row's slowest sample below 1/BIMODAL of its fastest marks a row where the machine
 # itself changed pace (the 100 KiB echo rows on the shared 2-core VM).
 BIMODAL = 2.0
@@ -81,13 +88,14 @@ def table_lines(results, loops, names, metric):
     for name in names:
         row, limit = results[name]["loops"], results[name]["limit"]
         oxio = figure(row.get("oxio"), metric)
-        others = [figure(row[loop], metric) for loop in loops if loop != "oxio"]
-        best = max((v for v in others if v), default=None)
+        others = {loop: figure(row[loop], metric) for loop in loops if loop != "oxio"}
+        best_loop = max((loop for loop, v in others.items() if v), key=others.get, default=None)
         cells = [name, *(cell(row[loop], metric) for loop in loops)]
         cells += [cell(limit, metric)] if with_limit else []
         cells += [cell(row.get("oxio"), CPU)] if metric == WALL else []
         cells += [ratio(oxio, figure(row.get(other), metric)) for other in ("asyncio", "uvloop")]
-        cells += [ratio(oxio, best)]
+        best = ratio(oxio, others.get(best_loop))
+        cells += [f"{best} ({best_loop})" if best_loop and oxio else best]
         cells += [ratio(oxio, figure(limit, metric), percent=True)] if with_limit else []
         cells += [ratio(client_busy(results[name]), 1, percent=True)] if with_client else []
         yield "| " + " | ".join(cells) + " |"
@@ -238,6 +246,7 @@ def write_readme(results, loops, meta):
         f"{fmt_load(load['after'])} after. The machines are shared and noisy: trust ratios, and "
         "the per-CPU-second table over the wall-clock one, not absolute rates.",
     ]
+    lines += [f"- {LOOP_NOTES[loop]}" for loop in loops if loop in LOOP_NOTES]
     for key, against in (("loops", "the loops"), ("limit", "`limit`")):
         if busy[key]:
             lines.append(generator_note(against, *busy[key]))

@@ -1,4 +1,5 @@
-"""`make bench`: oxio, stdlib asyncio, uvloop and rloop side by side, interleaved round by round.
+"""`make bench`: oxio, stdlib asyncio, uvloop, rloop, rsloop and veloxloop side by side, interleaved
+round by round.
 
 Every measurement is a fresh process. Rounds rotate the loop order (A B C, B C A, ...) so drift
 in machine load hits every loop alike. Two kinds of rows: in-process workloads (workloads.py),
@@ -31,7 +32,7 @@ import report  # noqa: E402
 from netbench import NetOptions, Unavailable  # noqa: E402
 from workloads import MIN_SECONDS, WORKLOADS  # noqa: E402
 
-LOOPS = ["asyncio", "uvloop", "rloop", "oxio"]
+LOOPS = ["asyncio", "uvloop", "rloop", "rsloop", "veloxloop", "oxio"]
 
 
 def available_loops():

@@ -190,6 +190,14 @@ def new_loop(name):
         import rloop
 
         return rloop.new_event_loop()
+    if name == "rsloop":
+        import rsloop
+
+        return rsloop.new_event_loop()
+    if name == "veloxloop":
+        import veloxloop
+
+        return veloxloop.new_event_loop()
     if name == "oxio":
         import oxio
 
