@@ -30,9 +30,9 @@ sys.path.insert(0, str(HERE))
 import netbench  # noqa: E402
 import report  # noqa: E402
 from netbench import NetOptions, Unavailable  # noqa: E402
-from workloads import MIN_SECONDS, WORKLOADS  # noqa: E402
+from workloads import MIN_SECONDS, OTHER_LOOPS, WORKLOADS  # noqa: E402
 
-LOOPS = ["asyncio", "uvloop", "rloop", "rsloop", "veloxloop", "oxio"]
+LOOPS = ["asyncio", *OTHER_LOOPS]
 
 
 def available_loops():

@@ -9,6 +9,7 @@ runs the workload at its size again and again until it has lasted `MIN_SECONDS`.
 
 import asyncio
 import dataclasses
+import importlib
 import json
 import sys
 import time
@@ -179,30 +180,16 @@ WORKLOADS = {
 }
 
 
+# The loops besides asyncio's own; each module has `new_event_loop()`.
+OTHER_LOOPS = ("uvloop", "rloop", "rsloop", "veloxloop", "oxio")
+
+
 def new_loop(name):
     if name == "asyncio":
         return asyncio.new_event_loop()
-    if name == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop()
-    if name == "rloop":
-        import rloop
-
-        return rloop.new_event_loop()
-    if name == "rsloop":
-        import rsloop
-
-        return rsloop.new_event_loop()
-    if name == "veloxloop":
-        import veloxloop
-
-        return veloxloop.new_event_loop()
-    if name == "oxio":
-        import oxio
-
-        return oxio.new_event_loop()
-    raise SystemExit(f"unknown loop {name}")
+    if name not in OTHER_LOOPS:
+        raise SystemExit(f"unknown loop {name}")
+    return importlib.import_module(name).new_event_loop()
 
 
 # How long one measurement runs at least. The fastest loops finish a call_soon run in 25 ms, and
