@@ -134,6 +134,7 @@ pub(crate) mod pipe;
 mod reading;
 mod sockaddr;
 pub(crate) mod stream;
+pub(crate) mod stream_reader;
 
 use std::os::fd::RawFd;
 
@@ -146,7 +147,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyWeakre
 use pyo3::PyClass;
 
 pub(crate) use oxio_core::FlowControl;
-pub(crate) use reading::{recv_bytes, with_read_buffer, READ_SIZE};
+pub(crate) use reading::{recv_appending, recv_bytes, with_read_buffer, READ_SIZE};
 
 /// asyncio warns once this many writes were attempted after the connection was lost.
 pub(crate) const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
@@ -176,6 +177,30 @@ pub(crate) fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R)
 /// Whether the protocol is an `asyncio.BufferedProtocol`, which receives into its own buffer.
 pub(crate) fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
     protocol.is_instance(crate::stdlib::aio_buffered_protocol(protocol.py())?)
+}
+
+/// How a stream transport hands what it receives to its protocol.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Receiver {
+    /// `data_received(data)`.
+    Protocol,
+    /// An `asyncio.BufferedProtocol`: `get_buffer(-1)`, then `buffer_updated(n)`.
+    Buffered,
+    /// A stock `asyncio.StreamReaderProtocol`: straight into its reader's buffer
+    /// ([`stream_reader`]).
+    StreamReader,
+}
+
+impl Receiver {
+    pub(crate) fn of(protocol: &Bound<'_, PyAny>) -> PyResult<Self> {
+        Ok(if is_buffered_protocol(protocol)? {
+            Self::Buffered
+        } else if stream_reader::is_stock_protocol(protocol)? {
+            Self::StreamReader
+        } else {
+            Self::Protocol
+        })
+    }
 }
 
 /// A core's links to the outside.

@@ -6,11 +6,11 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 
-use oxio_core::transport::stream::{readable_bytes, recv_uninit, recv_with_flags};
+use oxio_core::transport::stream::{readable_bytes, recv, recv_uninit, recv_with_flags};
 use oxio_core::FdMap;
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyByteArray, PyBytes};
 
 /// asyncio's `max_size` for one read on a socket or pipe transport.
 pub(crate) const READ_SIZE: usize = 256 * 1024;
@@ -50,15 +50,11 @@ pub(crate) fn recv_bytes<'py>(
     limit: usize,
     flags: i32,
 ) -> io::Result<Bound<'py, PyBytes>> {
-    let expect_large = LARGE_READERS.with(|fds| fds.borrow().contains_key(&fd));
-    let mut direct = None;
-    if expect_large {
-        // An error here (a socket reset meanwhile) is left for the recv to report.
-        let waiting = readable_bytes(fd).unwrap_or(0).min(limit);
-        if waiting >= DIRECT_READ_MIN {
-            direct = recv_direct(py, fd, waiting, flags)?;
-        }
-    }
+    let expect_large = expects_large_read(fd);
+    let direct = match direct_read_len(fd, expect_large, limit) {
+        Some(len) => recv_direct(py, fd, len, flags)?,
+        None => None,
+    };
     let bytes = match direct {
         Some(bytes) => bytes,
         None => with_read_buffer(|buf| {
@@ -66,18 +62,34 @@ pub(crate) fn recv_bytes<'py>(
             Ok::<_, io::Error>(PyBytes::new(py, &buf[..got]))
         })?,
     };
-    let large = bytes.as_bytes().len() >= DIRECT_READ_MIN;
-    if large != expect_large {
-        LARGE_READERS.with(|fds| {
-            let mut fds = fds.borrow_mut();
-            if large {
-                fds.insert(fd, ());
-            } else {
-                fds.remove(&fd);
-            }
-        });
-    }
+    note_read_size(fd, expect_large, bytes.as_bytes().len());
     Ok(bytes)
+}
+
+/// `recv(fd, limit)` appended to `target`, as `target.extend(data)` would append it; returns
+/// how many bytes arrived (0 at the end of the stream) and whether appending failed.
+///
+/// Small reads go through the thread's read buffer; a large one (see [`recv_bytes`]) grows
+/// `target` by what the kernel says is waiting and receives straight into it.
+pub(crate) fn recv_appending(
+    fd: RawFd,
+    limit: usize,
+    target: &Bound<'_, PyByteArray>,
+) -> io::Result<(usize, PyResult<()>)> {
+    let expect_large = expects_large_read(fd);
+    let direct = match direct_read_len(fd, expect_large, limit) {
+        Some(len) => recv_direct_appending(fd, len, target)?,
+        None => None,
+    };
+    let (got, appended) = match direct {
+        Some(received) => received,
+        None => with_read_buffer(|buf| {
+            let got = recv(fd, &mut buf[..limit.min(READ_SIZE)])?;
+            Ok::<_, io::Error>((got, append(target, &buf[..got])))
+        })?,
+    };
+    note_read_size(fd, expect_large, got);
+    Ok((got, appended))
 }
 
 /// Receives up to `len` bytes into a new `bytes` of that size. `None` when it cannot be
@@ -115,4 +127,73 @@ fn recv_direct<'py>(
     // SAFETY: the kernel initialised the first `got` bytes.
     let arrived = unsafe { std::slice::from_raw_parts(storage.as_ptr().cast::<u8>(), got) };
     Ok(Some(PyBytes::new(py, arrived)))
+}
+
+/// Whether the last read from `fd` was large.
+fn expects_large_read(fd: RawFd) -> bool {
+    LARGE_READERS.with(|fds| fds.borrow().contains_key(&fd))
+}
+
+/// How much a read should receive straight into its destination: what the kernel has waiting,
+/// when the last read was large and this one will be too.
+fn direct_read_len(fd: RawFd, expect_large: bool, limit: usize) -> Option<usize> {
+    if !expect_large {
+        return None;
+    }
+    // An error here (a socket reset meanwhile) is left for the recv to report.
+    let waiting = readable_bytes(fd).unwrap_or(0).min(limit);
+    (waiting >= DIRECT_READ_MIN).then_some(waiting)
+}
+
+/// Remembers whether a read of `got` bytes from `fd` was large.
+fn note_read_size(fd: RawFd, expect_large: bool, got: usize) {
+    let large = got >= DIRECT_READ_MIN;
+    if large != expect_large {
+        LARGE_READERS.with(|fds| {
+            let mut fds = fds.borrow_mut();
+            if large {
+                fds.insert(fd, ());
+            } else {
+                fds.remove(&fd);
+            }
+        });
+    }
+}
+
+/// `target.extend(data)`.
+fn append(target: &Bound<'_, PyByteArray>, data: &[u8]) -> PyResult<()> {
+    let old = target.len();
+    target.resize(old + data.len())?;
+    // SAFETY: the resize just made room for `data` after the first `old` bytes, and nothing
+    // runs between it and the copy; `data` is the read buffer, never the bytearray's storage.
+    unsafe {
+        std::ptr::copy_nonoverlapping(data.as_ptr(), target.data().add(old), data.len());
+    }
+    Ok(())
+}
+
+/// Grows `target` by `len` bytes and receives into them, keeping only what arrived. `None`
+/// when `target` cannot grow (it is exported, or memory is short): the caller then reads
+/// through its buffer, and appending fails there as `extend` would.
+fn recv_direct_appending(
+    fd: RawFd,
+    len: usize,
+    target: &Bound<'_, PyByteArray>,
+) -> io::Result<Option<(usize, PyResult<()>)>> {
+    let old = target.len();
+    if target.resize(old + len).is_err() {
+        return Ok(None);
+    }
+    // SAFETY: the resize made `len` writable bytes after the first `old`; the slice ends before
+    // any Python code can run and move the storage.
+    let tail = unsafe {
+        std::slice::from_raw_parts_mut(target.data().add(old).cast::<MaybeUninit<u8>>(), len)
+    };
+    let received = recv_uninit(fd, tail, 0);
+    let got = *received.as_ref().unwrap_or(&0);
+    // Shrinking only fails if the allocator cannot move the storage; the bytes the kernel did
+    // not write are zeroed first, so the bytearray never shows uninitialised memory.
+    tail[got..].fill(MaybeUninit::new(0));
+    let shrunk = target.resize(old + got);
+    received.map(|got| Some((got, shrunk)))
 }

@@ -17,16 +17,15 @@ use crate::buffer;
 use crate::errors::{is_exit, os_error};
 use crate::tls::TlsProtocol;
 use crate::transport::{
-    self, add_writer, is_buffered_protocol, maybe_pause_protocol, maybe_resume_protocol,
-    protocol_of, remove_reader, remove_writer, schedule_connection_lost, with_bytes,
-    with_read_buffer, FlowControl, Wiring, WriteCore, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    self, add_writer, maybe_pause_protocol, maybe_resume_protocol, protocol_of, remove_reader,
+    remove_writer, schedule_connection_lost, stream_reader, with_bytes, with_read_buffer,
+    FlowControl, Receiver, Wiring, WriteCore, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 
 #[pyclass(module = "oxio._oxio")]
 pub struct StreamCore {
     wiring: Wiring,
-    /// The protocol is an `asyncio.BufferedProtocol`: receive straight into its buffer.
-    buffered: bool,
+    receiver: Receiver,
     queue: WriteQueue,
     flow: FlowControl,
     /// `close()` was called (or the transport is being force-closed).
@@ -146,6 +145,27 @@ impl StreamCore {
             Ok(data) if data.as_bytes().is_empty() => Self::on_eof(slf, protocol),
             Ok(data) => {
                 let result = protocol.call_method1(intern!(py, "data_received"), (data,));
+                let message = "Fatal error: protocol.data_received() call failed.";
+                Self::protocol_call(slf, result, message).map(drop)
+            }
+        }
+    }
+
+    /// A stock `StreamReaderProtocol`: what `data_received` would do, done here, when its reader
+    /// is one that [`stream_reader::reader_to_feed`] accepts.
+    // NOTE: a streams echo server's user time per round trip went from 4.0 to 3.8 µs at 10 KiB
+    // and from 15 to 10 µs at 100 KiB (alternating runs, /proc utime), its kernel time alike.
+    fn read_into_stream_reader(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let Some(feed) = stream_reader::reader_to_feed(protocol) else {
+            return Self::read_into_protocol(slf, protocol);
+        };
+        let fd = slf.borrow().wiring.fd;
+        match transport::recv_appending(fd, transport::READ_SIZE, &feed.buffer) {
+            Err(err) => Self::read_failed(slf, err),
+            Ok((0, _)) => Self::on_eof(slf, protocol),
+            Ok((_, appended)) => {
+                let result = appended.and_then(|()| stream_reader::data_appended(&feed));
+                let result = result.map(|()| slf.py().None().into_bound(slf.py()));
                 let message = "Fatal error: protocol.data_received() call failed.";
                 Self::protocol_call(slf, result, message).map(drop)
             }
@@ -296,7 +316,7 @@ impl StreamCore {
     ) -> PyResult<Self> {
         Ok(Self {
             wiring: Wiring::new(r#loop, transport, fd, protocol)?,
-            buffered: is_buffered_protocol(protocol)?,
+            receiver: Receiver::of(protocol)?,
             queue: WriteQueue::new(),
             flow: FlowControl::default(),
             closing: false,
@@ -372,8 +392,8 @@ impl StreamCore {
     }
 
     fn set_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let buffered = is_buffered_protocol(protocol)?;
-        slf.borrow_mut().buffered = buffered;
+        let receiver = Receiver::of(protocol)?;
+        slf.borrow_mut().receiver = receiver;
         transport::replace_protocol(slf, protocol);
         Ok(())
     }
@@ -382,9 +402,9 @@ impl StreamCore {
     /// it alive while the watcher is registered.
     #[pyo3(signature = (_transport=None))]
     fn _read_ready(slf: &Bound<'_, Self>, _transport: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        let (lost, buffered) = {
+        let (lost, receiver) = {
             let this = slf.borrow();
-            (this.conn_lost > 0, this.buffered)
+            (this.conn_lost > 0, this.receiver)
         };
         let Some(protocol) = protocol_of(slf) else {
             return Ok(());
@@ -392,10 +412,10 @@ impl StreamCore {
         if lost {
             return Ok(());
         }
-        if buffered {
-            Self::read_into_buffer(slf, &protocol)
-        } else {
-            Self::read_into_protocol(slf, &protocol)
+        match receiver {
+            Receiver::Protocol => Self::read_into_protocol(slf, &protocol),
+            Receiver::Buffered => Self::read_into_buffer(slf, &protocol),
+            Receiver::StreamReader => Self::read_into_stream_reader(slf, &protocol),
         }
     }
 
