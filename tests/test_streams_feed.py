@@ -6,6 +6,7 @@ on oxio and must see the same."""
 
 import asyncio
 import socket
+import sys
 from unittest import mock
 
 import pytest
@@ -70,8 +71,8 @@ def test_reading_pauses_past_twice_the_limit_and_resumes(run):
                 break
             await asyncio.sleep(0.001)
         assert not transport.is_reading()
-        # Paused once past 2 * limit, after the read that crossed it.
-        assert 2 * 1024 < len(reader._buffer) <= 2 * 1024 + len(data)
+        assert reader._paused
+        assert len(reader._buffer) > 2 * 1024
         received = await reader.readexactly(len(data))
         await sending
         assert received == data
@@ -175,21 +176,196 @@ def test_a_cancelled_read_leaves_the_data_for_the_next(run):
     run(main())
 
 
-def test_a_reader_whose_buffer_is_exported_fails_like_extend(run, loop_errors):
+def test_data_for_a_cancelled_waiter_is_kept(run):
     async def main():
         loop = asyncio.get_running_loop()
         reader, writer, peer = await stream_pair()
-        view = memoryview(reader._buffer)
-        await loop.sock_sendall(peer, b"data")
-        with pytest.raises(BufferError):
-            await reader.read(10)
-        view.release()
+        waiter = reader._waiter = loop.create_future()
+        waiter.cancel()
+        await loop.sock_sendall(peer, b"kept")
+        for _ in range(1000):
+            if reader._buffer:
+                break
+            await asyncio.sleep(0.001)
+        assert reader._waiter is None
+        assert waiter.cancelled()
+        assert await reader.readexactly(4) == b"kept"
+        await close_pair(writer, peer)
+
+    run(main())
+
+
+def test_the_stock_reader_is_fed_without_python_frames(run, loop_name):
+    """The one test of how, not what: oxio's native path runs no `feed_data`."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        reader, writer, peer = await stream_pair()
+        calls = []
+        sys.setprofile(lambda frame, event, arg: event == "call" and calls.append(frame))
+        try:
+            for size in (10, 200_000):
+                await loop.sock_sendall(peer, payload(size))
+                assert await reader.readexactly(size) == payload(size)
+        finally:
+            sys.setprofile(None)
+        fed = [frame for frame in calls if frame.f_code is asyncio.StreamReader.feed_data.__code__]
+        assert (len(fed) == 0) if loop_name == "oxio" else (len(fed) >= 2)
+        await close_pair(writer, peer)
+
+    run(main())
+
+
+def test_feed_data_of_another_reader_feeds_that_reader(run):
+    async def main():
+        loop = asyncio.get_running_loop()
+        reader, writer, peer = await stream_pair()
+        other = asyncio.StreamReader()
+        reader.feed_data = other.feed_data
+        await loop.sock_sendall(peer, b"elsewhere")
+        assert await other.readexactly(9) == b"elsewhere"
+        assert not reader._buffer
+        await close_pair(writer, peer)
+
+    run(main())
+
+
+def test_a_patched_module_class_makes_the_readers(run):
+    class TaggedReader(asyncio.StreamReader):
+        pass
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        with mock.patch("asyncio.streams.StreamReader", TaggedReader):
+            reader, writer, peer = await stream_pair()
+        assert type(reader) is TaggedReader
+        await loop.sock_sendall(peer, b"tagged")
+        assert await reader.readexactly(6) == b"tagged"
+        await close_pair(writer, peer)
+
+    run(main())
+
+
+def test_a_transport_that_cannot_pause_is_forgotten(run):
+    def cannot_pause():
+        raise NotImplementedError
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        reader, writer, peer = await stream_pair(limit=1024)
+        writer.transport.pause_reading = cannot_pause
+        data = payload(20_000)
+        await loop.sock_sendall(peer, data)
+        for _ in range(1000):
+            if reader._transport is None:
+                break
+            await asyncio.sleep(0.001)
+        assert reader._transport is None
+        assert not reader._paused
+        assert await reader.readexactly(len(data)) == data
+        await close_pair(writer, peer)
+
+    run(main())
+
+
+def test_a_buffer_of_another_type_is_extended_by_python(run):
+    class Buffer(bytearray):
+        pass
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        reader, writer, peer = await stream_pair()
+        reader._buffer = Buffer()
+        await loop.sock_sendall(peer, b"typed")
+        assert await reader.readexactly(5) == b"typed"
+        assert type(reader._buffer) is Buffer
+        await close_pair(writer, peer)
+
+    run(main())
+
+
+def test_a_reader_that_lost_its_protocol_link_drops_the_data(run):
+    async def main():
+        loop = asyncio.get_running_loop()
+        reader, writer, peer = await stream_pair()
+        writer.transport.get_protocol()._stream_reader_wr = None
+        await loop.sock_sendall(peer, b"dropped")
+        await asyncio.sleep(0.05)
+        assert not reader._buffer
+        await close_pair(writer, peer)
+
+    run(main())
+
+
+async def fails_fatally(loop_errors, reader, writer, peer, exception_type):
+    """The reader's next read, and the transport's report, both carry `exception_type`."""
+    with pytest.raises(exception_type):
+        await reader.read(10)
+    (context,) = loop_errors.expect(1)
+    assert context["message"] == "Fatal error: protocol.data_received() call failed."
+    assert isinstance(context["exception"], exception_type)
+    peer.close()
+    writer.close()
+    with pytest.raises(exception_type):
+        await writer.wait_closed()
+
+
+def test_data_after_feed_eof_fails_as_feed_data_asserts(run, loop_errors):
+    async def main():
+        loop = asyncio.get_running_loop()
+        reader, writer, peer = await stream_pair()
+        reader.feed_eof()
+        await loop.sock_sendall(peer, b"late")
+        for _ in range(1000):
+            if writer.transport.is_closing():
+                break
+            await asyncio.sleep(0.001)
         (context,) = loop_errors.expect(1)
-        assert context["message"] == "Fatal error: protocol.data_received() call failed."
-        assert isinstance(context["exception"], BufferError)
+        assert isinstance(context["exception"], AssertionError)
         peer.close()
         writer.close()
-        with pytest.raises(BufferError):
+        with pytest.raises(AssertionError):
             await writer.wait_closed()
+
+    run(main())
+
+
+def test_a_waiter_already_done_fails_as_set_result_does(run, loop_errors):
+    async def main():
+        loop = asyncio.get_running_loop()
+        reader, writer, peer = await stream_pair()
+        waiter = reader._waiter = loop.create_future()
+        waiter.set_result(None)
+        await loop.sock_sendall(peer, b"data")
+        for _ in range(1000):
+            if writer.transport.is_closing():
+                break
+            await asyncio.sleep(0.001)
+        with pytest.raises(asyncio.InvalidStateError):
+            await reader.read(10)
+        (context,) = loop_errors.expect(1)
+        assert isinstance(context["exception"], asyncio.InvalidStateError)
+        peer.close()
+        writer.close()
+        with pytest.raises(asyncio.InvalidStateError):
+            await writer.wait_closed()
+
+    run(main())
+
+
+@pytest.mark.parametrize("size", [4, 200_000])
+def test_a_reader_whose_buffer_is_exported_fails_like_extend(run, loop_errors, size):
+    async def main():
+        loop = asyncio.get_running_loop()
+        reader, writer, peer = await stream_pair()
+        # A large message first, so that the next large read takes oxio's direct path.
+        await loop.sock_sendall(peer, payload(size))
+        assert await reader.readexactly(size) == payload(size)
+        view = memoryview(reader._buffer)
+        await loop.sock_sendall(peer, payload(size))
+        try:
+            await fails_fatally(loop_errors, reader, writer, peer, BufferError)
+        finally:
+            view.release()
 
     run(main())

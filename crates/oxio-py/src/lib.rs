@@ -27,7 +27,7 @@ fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sock::SockCoroutine>()?;
     sock::install_am_send(m.py());
     m.add_class::<transport::stream::StreamCore>()?;
-    transport::stream_reader::capture_stock(m.py())?;
+    transport::stream_reader::capture_stock(m.py());
     m.add_class::<transport::pipe::ReadPipeCore>()?;
     m.add_class::<transport::pipe::WritePipeCore>()?;
     m.add_class::<transport::datagram::DatagramCore>()?;

@@ -147,7 +147,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyWeakre
 use pyo3::PyClass;
 
 pub(crate) use oxio_core::FlowControl;
-pub(crate) use reading::{recv_appending, recv_bytes, with_read_buffer, READ_SIZE};
+pub(crate) use reading::{recv_appending, recv_bytes, with_read_buffer, Appended, READ_SIZE};
 
 /// asyncio warns once this many writes were attempted after the connection was lost.
 pub(crate) const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
@@ -195,7 +195,7 @@ impl Receiver {
     pub(crate) fn of(protocol: &Bound<'_, PyAny>) -> PyResult<Self> {
         Ok(if is_buffered_protocol(protocol)? {
             Self::Buffered
-        } else if stream_reader::is_stock_protocol(protocol)? {
+        } else if stream_reader::is_stock_protocol(protocol) {
             Self::StreamReader
         } else {
             Self::Protocol

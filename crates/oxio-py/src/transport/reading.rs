@@ -66,8 +66,18 @@ pub(crate) fn recv_bytes<'py>(
     Ok(bytes)
 }
 
-/// `recv(fd, limit)` appended to `target`, as `target.extend(data)` would append it; returns
-/// how many bytes arrived (0 at the end of the stream) and whether appending failed.
+/// What [`recv_appending`] did.
+pub(crate) enum Appended {
+    /// The peer closed its side: nothing arrived.
+    Eof,
+    /// Bytes arrived and are now at the end of the bytearray.
+    Data,
+    /// Bytes arrived and could not be appended: what `bytearray.extend` raises (the bytearray
+    /// is exported, or memory is short).
+    Failed(PyErr),
+}
+
+/// `recv(fd, limit)` appended to `target`, as `target.extend(data)` would append it.
 ///
 /// Small reads go through the thread's read buffer; a large one (see [`recv_bytes`]) grows
 /// `target` by what the kernel says is waiting and receives straight into it.
@@ -75,21 +85,26 @@ pub(crate) fn recv_appending(
     fd: RawFd,
     limit: usize,
     target: &Bound<'_, PyByteArray>,
-) -> io::Result<(usize, PyResult<()>)> {
-    let expect_large = expects_large_read(fd);
-    let direct = match direct_read_len(fd, expect_large, limit) {
-        Some(len) => recv_direct_appending(fd, len, target)?,
-        None => None,
-    };
-    let (got, appended) = match direct {
-        Some(received) => received,
-        None => with_read_buffer(|buf| {
-            let got = recv(fd, &mut buf[..limit.min(READ_SIZE)])?;
-            Ok::<_, io::Error>((got, append(target, &buf[..got])))
-        })?,
-    };
-    note_read_size(fd, expect_large, got);
-    Ok((got, appended))
+) -> io::Result<Appended> {
+    // Without the GIL, another thread could resize `target` under the raw writes below.
+    pyo3::sync::critical_section::with_critical_section(target.as_any(), || {
+        let expect_large = expects_large_read(fd);
+        let direct = direct_read_len(fd, expect_large, limit)
+            .and_then(|len| recv_direct_appending(fd, len, target));
+        let (got, appended) = match direct {
+            Some(received) => received?,
+            None => with_read_buffer(|buf| {
+                let got = recv(fd, &mut buf[..limit.min(READ_SIZE)])?;
+                Ok::<_, io::Error>((got, append(target, &buf[..got])))
+            })?,
+        };
+        note_read_size(fd, expect_large, got);
+        Ok(match appended {
+            Err(err) => Appended::Failed(err),
+            Ok(()) if got == 0 => Appended::Eof,
+            Ok(()) => Appended::Data,
+        })
+    })
 }
 
 /// Receives up to `len` bytes into a new `bytes` of that size. `None` when it cannot be
@@ -164,36 +179,41 @@ fn note_read_size(fd: RawFd, expect_large: bool, got: usize) {
 fn append(target: &Bound<'_, PyByteArray>, data: &[u8]) -> PyResult<()> {
     let old = target.len();
     target.resize(old + data.len())?;
-    // SAFETY: the resize just made room for `data` after the first `old` bytes, and nothing
-    // runs between it and the copy; `data` is the read buffer, never the bytearray's storage.
+    // SAFETY: the resize just made room for `data` after the first `old` bytes, and no Python
+    // code runs between it and the copy (the caller holds `target`'s critical section); `data`
+    // is the read buffer, never the bytearray's storage.
     unsafe {
         std::ptr::copy_nonoverlapping(data.as_ptr(), target.data().add(old), data.len());
     }
     Ok(())
 }
 
-/// Grows `target` by `len` bytes and receives into them, keeping only what arrived. `None`
-/// when `target` cannot grow (it is exported, or memory is short): the caller then reads
-/// through its buffer, and appending fails there as `extend` would.
+/// Grows `target` by `len` bytes and receives into them, keeping only what arrived: how many
+/// did, and whether the bytearray could be shrunk to them. `None` when `target` cannot grow
+/// (it is exported, or memory is short): the caller then reads through its buffer, and
+/// appending fails there as `extend` would.
 fn recv_direct_appending(
     fd: RawFd,
     len: usize,
     target: &Bound<'_, PyByteArray>,
-) -> io::Result<Option<(usize, PyResult<()>)>> {
+) -> Option<io::Result<(usize, PyResult<()>)>> {
     let old = target.len();
-    if target.resize(old + len).is_err() {
-        return Ok(None);
-    }
-    // SAFETY: the resize made `len` writable bytes after the first `old`; the slice ends before
-    // any Python code can run and move the storage.
+    target.resize(old + len).ok()?;
+    // SAFETY: the resize made `len` writable bytes after the first `old`; no Python code runs
+    // and moves the storage before the slice's last use (the caller holds `target`'s critical
+    // section).
     let tail = unsafe {
         std::slice::from_raw_parts_mut(target.data().add(old).cast::<MaybeUninit<u8>>(), len)
     };
     let received = recv_uninit(fd, tail, 0);
     let got = *received.as_ref().unwrap_or(&0);
-    // Shrinking only fails if the allocator cannot move the storage; the bytes the kernel did
-    // not write are zeroed first, so the bytearray never shows uninitialised memory.
+    // The bytes the kernel did not write are zeroed, so that the bytearray never shows
+    // uninitialised memory even if it cannot be shrunk (the allocator failed to move it). That
+    // failure is reported whatever the recv did: the zeros are then in the reader's buffer, and
+    // the transport must close.
     tail[got..].fill(MaybeUninit::new(0));
-    let shrunk = target.resize(old + got);
-    received.map(|got| Some((got, shrunk)))
+    match (received, target.resize(old + got)) {
+        (_, Err(err)) => Some(Ok((got, Err(err)))),
+        (received, Ok(())) => Some(received.map(|got| (got, Ok(())))),
+    }
 }

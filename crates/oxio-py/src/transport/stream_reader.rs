@@ -12,7 +12,7 @@ use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyInt, PyString, PyType};
+use pyo3::types::{PyByteArray, PyInt, PyString, PyType, PyWeakrefReference};
 
 /// The classes, and the class attributes that `data_received` runs, as asyncio defines them.
 struct Stock {
@@ -25,66 +25,70 @@ struct Stock {
     wakeup_waiter: Py<PyAny>,
 }
 
-impl Stock {
-    /// What `asyncio.streams` holds now.
-    fn current(py: Python<'_>) -> PyResult<Self> {
-        let streams = py.import(intern!(py, "asyncio.streams"))?;
-        let protocol_type = streams
-            .getattr(intern!(py, "StreamReaderProtocol"))?
-            .cast_into::<PyType>()?;
-        let reader_type = streams
-            .getattr(intern!(py, "StreamReader"))?
-            .cast_into::<PyType>()?;
-        let attr = |class: &Bound<'_, PyType>, name| class.getattr(name).map(Bound::unbind);
-        Ok(Self {
-            data_received: attr(&protocol_type, intern!(py, "data_received"))?,
-            stream_reader: attr(&protocol_type, intern!(py, "_stream_reader"))?,
-            feed_data: attr(&reader_type, intern!(py, "feed_data"))?,
-            wakeup_waiter: attr(&reader_type, intern!(py, "_wakeup_waiter"))?,
-            protocol_type: protocol_type.unbind(),
-            reader_type: reader_type.unbind(),
-        })
-    }
-
-    fn is_unchanged_in(&self, now: &Self) -> bool {
-        self.protocol_type.is(&now.protocol_type)
-            && self.reader_type.is(&now.reader_type)
-            && self.data_received.is(&now.data_received)
-            && self.stream_reader.is(&now.stream_reader)
-            && self.feed_data.is(&now.feed_data)
-            && self.wakeup_waiter.is(&now.wakeup_waiter)
-    }
-}
-
 static STOCK: PyOnceLock<Stock> = PyOnceLock::new();
 
-// The bound-method type and its accessor, in CPython's C API though not in pyo3's bindings.
+// The bound-method type and its accessors, in CPython's C API though not in pyo3's bindings.
 extern "C" {
     static mut PyMethod_Type: ffi::PyTypeObject;
     fn PyMethod_Function(method: *mut ffi::PyObject) -> *mut ffi::PyObject;
+    fn PyMethod_Self(method: *mut ffi::PyObject) -> *mut ffi::PyObject;
 }
 
-/// Reads what asyncio's classes hold. Called when `_oxio` is imported, so that a later patch of
-/// one of their methods is seen as a change.
-pub(crate) fn capture_stock(py: Python<'_>) -> PyResult<()> {
-    STOCK.get_or_try_init(py, || Stock::current(py)).map(drop)
-}
-
-/// Whether `protocol` is a stock `asyncio.StreamReaderProtocol` whose classes still run
-/// asyncio's code, so that [`reader_to_feed`] and [`data_appended`] may stand in for its
-/// `data_received`. Checked when a transport gets its protocol.
-pub(crate) fn is_stock_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
-    let py = protocol.py();
-    let Some(stock) = STOCK.get(py) else {
-        return Ok(false);
-    };
-    if !protocol.get_type().is(stock.protocol_type.bind(py)) {
-        return Ok(false);
+/// Records asyncio's classes and methods, when `_oxio` is imported. Each method must come from
+/// `asyncio/streams.py` itself, so that one patched before oxio was imported is not taken for
+/// asyncio's; if one is not, or anything fails, no transport takes the native path.
+pub(crate) fn capture_stock(py: Python<'_>) {
+    if let Ok(Some(stock)) = stock_of_asyncio(py) {
+        let _ = STOCK.set(py, stock);
     }
-    Ok(stock.is_unchanged_in(&Stock::current(py)?))
 }
 
-/// A `StreamReader` that received data is to be appended to.
+fn stock_of_asyncio(py: Python<'_>) -> PyResult<Option<Stock>> {
+    let streams = py.import(intern!(py, "asyncio.streams"))?;
+    let file = streams.getattr(intern!(py, "__file__"))?;
+    let protocol_type = streams
+        .getattr(intern!(py, "StreamReaderProtocol"))?
+        .cast_into::<PyType>()?;
+    let reader_type = streams
+        .getattr(intern!(py, "StreamReader"))?
+        .cast_into::<PyType>()?;
+    let stream_reader = protocol_type.getattr(intern!(py, "_stream_reader"))?;
+    let functions = [
+        protocol_type.getattr(intern!(py, "data_received"))?,
+        stream_reader.getattr(intern!(py, "fget"))?,
+        reader_type.getattr(intern!(py, "feed_data"))?,
+        reader_type.getattr(intern!(py, "_wakeup_waiter"))?,
+    ];
+    for function in &functions {
+        let source = function
+            .getattr(intern!(py, "__code__"))?
+            .getattr(intern!(py, "co_filename"))?;
+        if !source.eq(&file)? {
+            return Ok(None);
+        }
+    }
+    let [data_received, _, feed_data, wakeup_waiter] = functions.map(Bound::unbind);
+    Ok(Some(Stock {
+        protocol_type: protocol_type.unbind(),
+        reader_type: reader_type.unbind(),
+        data_received,
+        stream_reader: stream_reader.unbind(),
+        feed_data,
+        wakeup_waiter,
+    }))
+}
+
+/// Whether `protocol` is exactly asyncio's `StreamReaderProtocol`, which [`reader_to_feed`] and
+/// [`data_appended`] may stand in for. Checked when a transport gets its protocol; what may
+/// change later is checked on every read.
+pub(crate) fn is_stock_protocol(protocol: &Bound<'_, PyAny>) -> bool {
+    let py = protocol.py();
+    STOCK
+        .get(py)
+        .is_some_and(|stock| protocol.get_type().is(stock.protocol_type.bind(py)))
+}
+
+/// A `StreamReader` that received data is to be appended to, and its buffer.
 pub(crate) struct Feed<'py> {
     reader: Bound<'py, PyAny>,
     pub(crate) buffer: Bound<'py, PyByteArray>,
@@ -97,14 +101,21 @@ pub(crate) struct Feed<'py> {
 pub(crate) fn reader_to_feed<'py>(protocol: &Bound<'py, PyAny>) -> Option<Feed<'py>> {
     let py = protocol.py();
     let stock = STOCK.get(py)?;
-    if shadows(protocol, intern!(py, "data_received"), &stock.data_received) {
+    let protocol_type = stock.protocol_type.bind(py);
+    if !protocol.get_type().is(protocol_type)
+        || !protocol_type
+            .getattr(intern!(py, "_stream_reader"))
+            .is_ok_and(|property| property.is(&stock.stream_reader))
+        || shadows(protocol, intern!(py, "data_received"), &stock.data_received)
+    {
         return None;
     }
-    let reader_ref = protocol.getattr(intern!(py, "_stream_reader_wr")).ok()?;
-    if reader_ref.is_none() {
-        return None;
-    }
-    let reader = reader_ref.call0().ok()?;
+    let reader = protocol
+        .getattr(intern!(py, "_stream_reader_wr"))
+        .ok()?
+        .cast_into_exact::<PyWeakrefReference>()
+        .ok()?
+        .upgrade()?;
     if !reader.get_type().is(stock.reader_type.bind(py))
         || reader.getattr(intern!(py, "_eof")).ok()?.is_truthy().ok()?
         || shadows(&reader, intern!(py, "feed_data"), &stock.feed_data)
@@ -117,29 +128,29 @@ pub(crate) fn reader_to_feed<'py>(protocol: &Bound<'py, PyAny>) -> Option<Feed<'
     Some(Feed { reader, buffer })
 }
 
-/// Whether `obj.name` is something else than its class's `function` bound to it: an attribute
-/// set on the instance, as code that wraps a live reader's `feed_data` does.
-// NOTE: reading the function out of the bound method through the C API, rather than its
-// `__func__`, halves the check (callgrind: 640 instructions down to about 300). Looking in the
-// instance's `__dict__` instead would be cheaper still, but on 3.11 and 3.12 asking for that
-// dict takes the instance off its inline attribute values, which slowed the Python half of
-// every read by more than the check saved.
+/// Whether `obj.name` is something else than its class's `function` bound to `obj`: an
+/// attribute set on the instance (as code that wraps a live reader's `feed_data` does), a
+/// patched class, or another object's method.
+// NOTE: reading the bound method's parts through the C API, rather than its `__func__`, halves
+// the check (callgrind: 640 instructions down to about 300). Looking in the instance's
+// `__dict__` instead would be cheaper still, but on 3.11 and 3.12 asking for that dict takes
+// the instance off its inline attribute values, which slowed the Python half of every read by
+// more than the check saved.
 fn shadows(obj: &Bound<'_, PyAny>, name: &Bound<'_, PyString>, function: &Py<PyAny>) -> bool {
     let Ok(found) = obj.getattr(name) else {
         return true;
     };
     // SAFETY: `PyMethod_Type` is a static type object of the interpreter, only read here; when
-    // `found` is a bound method, PyMethod_Function returns its function as a borrowed reference
-    // and cannot fail.
+    // `found` is a bound method, PyMethod_Function and PyMethod_Self return its parts as
+    // borrowed references and cannot fail.
     unsafe {
-        if !std::ptr::eq(ffi::Py_TYPE(found.as_ptr()), &raw const PyMethod_Type) {
-            return true;
-        }
-        !std::ptr::eq(PyMethod_Function(found.as_ptr()), function.as_ptr())
+        !std::ptr::eq(ffi::Py_TYPE(found.as_ptr()), &raw const PyMethod_Type)
+            || !std::ptr::eq(PyMethod_Function(found.as_ptr()), function.as_ptr())
+            || !std::ptr::eq(PyMethod_Self(found.as_ptr()), obj.as_ptr())
     }
 }
 
-/// The rest of `feed_data` once the data is in `feed.buffer`: `_wakeup_waiter()`, then
+/// The rest of `feed_data` once the data is in the reader's buffer: `_wakeup_waiter()`, then
 /// `pause_reading()` on the reader's transport when the buffer passed twice the limit.
 pub(crate) fn data_appended(feed: &Feed<'_>) -> PyResult<()> {
     let py = feed.reader.py();
