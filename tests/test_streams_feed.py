@@ -35,6 +35,15 @@ async def close_pair(writer, peer):
     await writer.wait_closed()
 
 
+async def until(condition):
+    """Lets the loop run until `condition()` holds, for at most a second."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("the condition did not come to hold")
+
+
 def payload(size):
     return bytes(i % 251 for i in range(size))
 
@@ -66,11 +75,7 @@ def test_reading_pauses_past_twice_the_limit_and_resumes(run):
         transport = writer.transport
         data = payload(64 * 1024)
         sending = loop.create_task(loop.sock_sendall(peer, data))
-        for _ in range(1000):
-            if not transport.is_reading():
-                break
-            await asyncio.sleep(0.001)
-        assert not transport.is_reading()
+        await until(lambda: not transport.is_reading())
         assert reader._paused
         assert len(reader._buffer) > 2 * 1024
         received = await reader.readexactly(len(data))
@@ -112,10 +117,7 @@ def test_data_received_set_on_the_protocol_replaces_it(run):
         protocol.data_received = seen.extend
         data = payload(5000)
         await loop.sock_sendall(peer, data)
-        for _ in range(1000):
-            if len(seen) == len(data):
-                break
-            await asyncio.sleep(0.001)
+        await until(lambda: len(seen) == len(data))
         assert seen == data
         assert not reader._buffer
         await close_pair(writer, peer)
@@ -183,10 +185,7 @@ def test_data_for_a_cancelled_waiter_is_kept(run):
         waiter = reader._waiter = loop.create_future()
         waiter.cancel()
         await loop.sock_sendall(peer, b"kept")
-        for _ in range(1000):
-            if reader._buffer:
-                break
-            await asyncio.sleep(0.001)
+        await until(lambda: reader._buffer)
         assert reader._waiter is None
         assert waiter.cancelled()
         assert await reader.readexactly(4) == b"kept"
@@ -256,11 +255,7 @@ def test_a_transport_that_cannot_pause_is_forgotten(run):
         writer.transport.pause_reading = cannot_pause
         data = payload(20_000)
         await loop.sock_sendall(peer, data)
-        for _ in range(1000):
-            if reader._transport is None:
-                break
-            await asyncio.sleep(0.001)
-        assert reader._transport is None
+        await until(lambda: reader._transport is None)
         assert not reader._paused
         assert await reader.readexactly(len(data)) == data
         await close_pair(writer, peer)
@@ -298,7 +293,8 @@ def test_a_reader_that_lost_its_protocol_link_drops_the_data(run):
 
 
 async def fails_fatally(loop_errors, reader, writer, peer, exception_type):
-    """The reader's next read, and the transport's report, both carry `exception_type`."""
+    """The reader's next read, the transport's report and its closing all carry
+    `exception_type`."""
     with pytest.raises(exception_type):
         await reader.read(10)
     (context,) = loop_errors.expect(1)
@@ -316,16 +312,8 @@ def test_data_after_feed_eof_fails_as_feed_data_asserts(run, loop_errors):
         reader, writer, peer = await stream_pair()
         reader.feed_eof()
         await loop.sock_sendall(peer, b"late")
-        for _ in range(1000):
-            if writer.transport.is_closing():
-                break
-            await asyncio.sleep(0.001)
-        (context,) = loop_errors.expect(1)
-        assert isinstance(context["exception"], AssertionError)
-        peer.close()
-        writer.close()
-        with pytest.raises(AssertionError):
-            await writer.wait_closed()
+        await until(lambda: reader.exception() is not None)
+        await fails_fatally(loop_errors, reader, writer, peer, AssertionError)
 
     run(main())
 
@@ -337,18 +325,8 @@ def test_a_waiter_already_done_fails_as_set_result_does(run, loop_errors):
         waiter = reader._waiter = loop.create_future()
         waiter.set_result(None)
         await loop.sock_sendall(peer, b"data")
-        for _ in range(1000):
-            if writer.transport.is_closing():
-                break
-            await asyncio.sleep(0.001)
-        with pytest.raises(asyncio.InvalidStateError):
-            await reader.read(10)
-        (context,) = loop_errors.expect(1)
-        assert isinstance(context["exception"], asyncio.InvalidStateError)
-        peer.close()
-        writer.close()
-        with pytest.raises(asyncio.InvalidStateError):
-            await writer.wait_closed()
+        await until(lambda: reader.exception() is not None)
+        await fails_fatally(loop_errors, reader, writer, peer, asyncio.InvalidStateError)
 
     run(main())
 
