@@ -2,9 +2,11 @@
 
 import asyncio
 import contextvars
+import gc
 import logging
 import sys
 import time
+import weakref
 
 import pytest
 
@@ -183,6 +185,35 @@ def test_patched_future_and_task_classes_are_called_with_the_loop(run, loop, mon
     future, task = run(main())
     assert type(future) is StrictFuture and type(task) is StrictTask
     assert calls == [("future", loop), ("task", loop)]
+
+
+def test_a_future_class_that_changes_its_keywords_changes_no_later_call(loop, monkeypatch):
+    seen = []
+
+    class GreedyFuture(asyncio.Future):
+        def __init__(self, **kwargs):
+            seen.append(dict(kwargs))
+            kwargs.clear()
+            kwargs["stolen"] = True
+            super().__init__(loop=loop)
+
+    monkeypatch.setattr(asyncio.futures, "Future", GreedyFuture)
+    futures = [loop.create_future() for _ in range(3)]
+    assert seen == [{"loop": loop}] * 3
+    assert all(future.get_loop() is loop for future in futures)
+
+
+def test_a_closed_loop_is_freed_without_the_cyclic_gc(loop_factory):
+    loop = loop_factory()
+    loop.create_future().cancel()
+    loop.close()
+    freed = weakref.ref(loop)
+    gc.disable()
+    try:
+        del loop
+        assert freed() is None
+    finally:
+        gc.enable()
 
 
 def test_task_factory_called_as_cpython_calls_it(run, loop):

@@ -1,15 +1,17 @@
-//! The fast paths of `create_future` and `create_task`: one vectorcall into asyncio's own
-//! `Future`/`Task` (the C-accelerated classes), with keyword names built once.
+//! The fast paths of `create_future` and `create_task`: one call into asyncio's own
+//! `Future`/`Task` (the C-accelerated classes). A future gets the loop's own `{"loop": loop}`
+//! dict; a task its keywords by vectorcall, with their names built once.
 
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
+use crate::event_loop::EventLoop;
+
 /// The namespaces (`__dict__`) of `asyncio.futures` and `asyncio.tasks`.
 static ASYNCIO_FUTURES: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
 static ASYNCIO_TASKS: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
-static KW_LOOP: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
 static KW_LOOP_NAME_CONTEXT: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
 
 /// `module.<name>`, read from the module's namespace, where assigning the attribute (a test's
@@ -77,7 +79,7 @@ fn vectorcall<'py, const N: usize>(
 
 /// `asyncio.Future(loop=loop)`, looking the class up at each call as asyncio does, so patches of
 /// `asyncio.futures.Future` are honoured.
-pub fn new_future<'py>(loop_: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+pub fn new_future<'py>(loop_: &Bound<'py, EventLoop>) -> PyResult<Bound<'py, PyAny>> {
     let py = loop_.py();
     let future_class = module_attribute(
         py,
@@ -85,7 +87,7 @@ pub fn new_future<'py>(loop_: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>>
         "asyncio.futures",
         intern!(py, "Future"),
     )?;
-    vectorcall(&future_class, [loop_], kwnames(py, &KW_LOOP, &["loop"])?)
+    future_class.call((), Some(&EventLoop::loop_keyword(loop_)?))
 }
 
 /// `asyncio.Task(coro, loop=loop, name=name, context=context)`; in debug mode the task's

@@ -63,7 +63,7 @@ unsafe extern "C" fn create_future(
     _: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
     // SAFETY: CPython calls a METH_NOARGS method of `EventLoop` as `guard` requires.
-    unsafe { guard(slf, "create_future", |slf| tasks::new_future(slf.as_any())) }
+    unsafe { guard(slf, "create_future", tasks::new_future) }
 }
 
 /// `create_task(coro, *, name=None, context=None, **kwargs)`.

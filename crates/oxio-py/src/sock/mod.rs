@@ -116,7 +116,7 @@ impl SockCoroutine {
             Attempt::Blocked(None) => sock.call_method0(intern!(py, "fileno"))?.extract()?,
         };
         ensure_fd_no_transport(&loop_, fd)?;
-        let fut = tasks::new_future(loop_.as_any())?;
+        let fut = tasks::new_future(&loop_)?;
         // The task that receives the future checks this flag, which `Future.__await__` sets.
         // Set before the watcher exists, so nothing after the registration can fail.
         fut.setattr(intern!(py, "_asyncio_future_blocking"), true)?;
