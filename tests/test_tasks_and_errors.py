@@ -187,7 +187,7 @@ def test_patched_future_and_task_classes_are_called_with_the_loop(run, loop, mon
     assert calls == [("future", loop), ("task", loop)]
 
 
-def test_a_future_class_that_changes_its_keywords_changes_no_later_call(loop, monkeypatch):
+def test_classes_that_change_their_keywords_change_no_later_call(run, loop, monkeypatch):
     seen = []
 
     class GreedyFuture(asyncio.Future):
@@ -197,10 +197,25 @@ def test_a_future_class_that_changes_its_keywords_changes_no_later_call(loop, mo
             kwargs["stolen"] = True
             super().__init__(loop=loop)
 
-    monkeypatch.setattr(asyncio.futures, "Future", GreedyFuture)
-    futures = [loop.create_future() for _ in range(3)]
-    assert seen == [{"loop": loop}] * 3
-    assert all(future.get_loop() is loop for future in futures)
+    class GreedyTask(asyncio.Task):
+        def __init__(self, coro, **kwargs):
+            seen.append(dict(kwargs))
+            kwargs.clear()
+            super().__init__(coro, loop=loop)
+
+    async def main():
+        monkeypatch.setattr(asyncio.futures, "Future", GreedyFuture)
+        monkeypatch.setattr(asyncio.tasks, "Task", GreedyTask)
+        futures = [loop.create_future() for _ in range(2)]
+        tasks = [loop.create_task(asyncio.sleep(0)) for _ in range(2)]
+        named = loop.create_task(asyncio.sleep(0), name="named")
+        await asyncio.gather(*tasks, named)
+        for future in futures:
+            future.cancel()
+
+    run(main())
+    task_keywords = {"loop": loop, "name": None, "context": None}
+    assert seen == [{"loop": loop}] * 2 + [task_keywords] * 2 + [{**task_keywords, "name": "named"}]
 
 
 def test_a_closed_loop_is_freed_without_the_cyclic_gc(loop_factory):

@@ -21,7 +21,7 @@ use crate::attached_cell::{AttachedCell, AttachedRef};
 use crate::errors::os_error;
 use crate::handle::{self, prefetch, Handle, HandleFields, TimerHandle, SPARE_HANDLES};
 use crate::sock::{Op, SockCoroutine};
-use crate::tasks;
+use crate::tasks::{self, CallKeywords};
 use ready::{Ready, Step};
 use scheduling::CallArgs;
 
@@ -112,8 +112,8 @@ pub struct EventLoop {
     /// `threading.get_ident()` of the thread running the loop, 0 when not running.
     thread_id: AtomicU64,
     task_factory: AttachedCell<Option<Py<PyAny>>>,
-    /// `{"loop": self}`, made on first use by [`EventLoop::loop_keyword`].
-    loop_keyword: AttachedCell<Option<Py<PyDict>>>,
+    /// Made on first use by [`EventLoop::call_keywords`].
+    call_keywords: AttachedCell<Option<CallKeywords>>,
 }
 
 fn current_thread_id() -> u64 {
@@ -162,21 +162,21 @@ impl EventLoop {
         self.core.lock(py)
     }
 
-    /// `{"loop": self}`: the keywords of `asyncio.Future(loop=self)`, made once and passed to
-    /// every call, which only reads them. A closed loop makes one per call (see `_close`).
-    // NOTE: calling `Future` by vectorcall with a `loop` keyword name made CPython build and
+    /// The keywords of the calls to `Future` and `Task` that `create_future` and `create_task`
+    /// make, made once and passed to every call, which only reads them. A closed loop makes new
+    /// ones per call (see `_close`).
+    // NOTE: calling `Future` or `Task` by vectorcall with keyword names made CPython build and
     // free a dict per call, about 490 of the 1,840 instructions of `create_future` (callgrind).
-    pub(crate) fn loop_keyword<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
+    pub(crate) fn call_keywords<'py>(slf: &Bound<'py, Self>) -> PyResult<CallKeywords> {
         let py = slf.py();
-        if let Some(keyword) = slf.get().loop_keyword.lock(py).as_ref() {
-            return Ok(keyword.bind(py).clone());
+        if let Some(keywords) = slf.get().call_keywords.lock(py).as_ref() {
+            return Ok(keywords.clone_ref(py));
         }
-        let keyword = PyDict::new(py);
-        keyword.set_item(intern!(py, "loop"), slf)?;
+        let keywords = CallKeywords::new(slf)?;
         if !slf.get().closed.load(Ordering::Relaxed) {
-            *slf.get().loop_keyword.lock(py) = Some(keyword.clone().unbind());
+            *slf.get().call_keywords.lock(py) = Some(keywords.clone_ref(py));
         }
-        Ok(keyword)
+        Ok(keywords)
     }
 
     fn task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -352,7 +352,7 @@ impl EventLoop {
             let slow = intern!(py, "_create_task_slow");
             return slf.call_method(slow, (coro, name, context), kwargs);
         }
-        tasks::new_task(slf.as_any(), coro, name, context, this.is_debug())
+        tasks::new_task(slf, coro, name, context, this.is_debug())
     }
 
     /// Schedules a new handle holding `fields`: a spare one when the loop has one, else a new
@@ -511,7 +511,7 @@ impl EventLoop {
             debug: AtomicBool::new(false),
             thread_id: AtomicU64::new(0),
             task_factory: AttachedCell::new(None),
-            loop_keyword: AttachedCell::new(None),
+            call_keywords: AttachedCell::new(None),
         })
     }
 
@@ -741,17 +741,19 @@ impl EventLoop {
         if let Some(factory) = self.task_factory.try_lock(py) {
             visit.call(&*factory)?;
         }
-        if let Some(keyword) = self.loop_keyword.try_lock(py) {
-            visit.call(&*keyword)?;
+        if let Some(keywords) = self.call_keywords.try_lock(py) {
+            if let Some(keywords) = keywords.as_ref() {
+                keywords.traverse(&visit)?;
+            }
         }
         Ok(())
     }
 
     fn __clear__(&self, py: Python<'_>) {
         let factory = self.task_factory.lock(py).take();
-        let keyword = self.loop_keyword.lock(py).take();
+        let keywords = self.call_keywords.lock(py).take();
         let (mut handles, mut timers, steps) = self.take_scheduled(py);
-        drop((factory, keyword, steps));
+        drop((factory, keywords, steps));
         Self::release_all(py, &mut handles, &mut timers);
     }
 
@@ -760,9 +762,9 @@ impl EventLoop {
         if self.closed.swap(true, Ordering::Relaxed) {
             return;
         }
-        // The dict refers back to the loop: dropped here, a closed loop is freed by reference
-        // counting, as before it was ever made, not left to the cyclic GC.
-        drop(self.loop_keyword.lock(py).take());
+        // The keywords refer back to the loop: dropped here, a closed loop is freed by reference
+        // counting, not left to the cyclic GC.
+        drop(self.call_keywords.lock(py).take());
         let (mut handles, mut timers, steps) = self.take_scheduled(py);
         let released = {
             let mut core = self.core(py);

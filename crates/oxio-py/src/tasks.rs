@@ -1,7 +1,8 @@
 //! The fast paths of `create_future` and `create_task`: one call into asyncio's own
-//! `Future`/`Task` (the C-accelerated classes). A future gets the loop's own `{"loop": loop}`
-//! dict; a task its keywords by vectorcall, with their names built once.
+//! `Future`/`Task` (the C-accelerated classes), with keywords the loop made once, or for a task
+//! with a name or context, by vectorcall with keyword names built once.
 
+use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -77,6 +78,41 @@ fn vectorcall<'py, const N: usize>(
     }
 }
 
+/// The keywords `create_future` and `create_task` pass to `Future` and `Task` when the task has
+/// no name or context: `{"loop": loop}` and `{"loop": loop, "name": None, "context": None}`,
+/// what asyncio passes.
+pub struct CallKeywords {
+    pub future: Py<PyDict>,
+    pub task: Py<PyDict>,
+}
+
+impl CallKeywords {
+    pub fn new(loop_: &Bound<'_, EventLoop>) -> PyResult<Self> {
+        let py = loop_.py();
+        let future = PyDict::new(py);
+        future.set_item(intern!(py, "loop"), loop_)?;
+        let task = future.copy()?;
+        task.set_item(intern!(py, "name"), py.None())?;
+        task.set_item(intern!(py, "context"), py.None())?;
+        Ok(Self {
+            future: future.unbind(),
+            task: task.unbind(),
+        })
+    }
+
+    pub fn clone_ref(&self, py: Python<'_>) -> Self {
+        Self {
+            future: self.future.clone_ref(py),
+            task: self.task.clone_ref(py),
+        }
+    }
+
+    pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.future)?;
+        visit.call(&self.task)
+    }
+}
+
 /// `asyncio.Future(loop=loop)`, looking the class up at each call as asyncio does, so patches of
 /// `asyncio.futures.Future` are honoured.
 pub fn new_future<'py>(loop_: &Bound<'py, EventLoop>) -> PyResult<Bound<'py, PyAny>> {
@@ -87,13 +123,14 @@ pub fn new_future<'py>(loop_: &Bound<'py, EventLoop>) -> PyResult<Bound<'py, PyA
         "asyncio.futures",
         intern!(py, "Future"),
     )?;
-    future_class.call((), Some(&EventLoop::loop_keyword(loop_)?))
+    let keywords = EventLoop::call_keywords(loop_)?;
+    future_class.call((), Some(keywords.future.bind(py)))
 }
 
 /// `asyncio.Task(coro, loop=loop, name=name, context=context)`; in debug mode the task's
 /// creation traceback loses its last frame (ours), as asyncio's `create_task` does.
 pub fn new_task<'py>(
-    loop_: &Bound<'py, PyAny>,
+    loop_: &Bound<'py, EventLoop>,
     coro: &Bound<'py, PyAny>,
     name: &Bound<'py, PyAny>,
     context: &Bound<'py, PyAny>,
@@ -101,8 +138,13 @@ pub fn new_task<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = loop_.py();
     let task_class = module_attribute(py, &ASYNCIO_TASKS, "asyncio.tasks", intern!(py, "Task"))?;
-    let names = kwnames(py, &KW_LOOP_NAME_CONTEXT, &["loop", "name", "context"])?;
-    let task = vectorcall(&task_class, [coro, loop_, name, context], names)?;
+    let task = if name.is_none() && context.is_none() {
+        let keywords = EventLoop::call_keywords(loop_)?;
+        task_class.call((coro,), Some(keywords.task.bind(py)))?
+    } else {
+        let names = kwnames(py, &KW_LOOP_NAME_CONTEXT, &["loop", "name", "context"])?;
+        vectorcall(&task_class, [coro, loop_.as_any(), name, context], names)?
+    };
     if debug {
         let traceback = task.getattr(intern!(py, "_source_traceback"))?;
         if traceback.is_truthy()? {
