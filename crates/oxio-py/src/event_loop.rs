@@ -167,16 +167,20 @@ impl EventLoop {
     /// ones per call (see `_close`).
     // NOTE: calling `Future` or `Task` by vectorcall with keyword names made CPython build and
     // free a dict per call, about 490 of the 1,840 instructions of `create_future` (callgrind).
-    pub(crate) fn call_keywords<'py>(slf: &Bound<'py, Self>) -> PyResult<CallKeywords> {
+    pub(crate) fn call_keywords<'py>(
+        slf: &Bound<'py, Self>,
+        which: fn(&CallKeywords) -> &Py<PyDict>,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let py = slf.py();
         if let Some(keywords) = slf.get().call_keywords.lock(py).as_ref() {
-            return Ok(keywords.clone_ref(py));
+            return Ok(which(keywords).bind(py).clone());
         }
         let keywords = CallKeywords::new(slf)?;
+        let picked = which(&keywords).bind(py).clone();
         if !slf.get().closed.load(Ordering::Relaxed) {
-            *slf.get().call_keywords.lock(py) = Some(keywords.clone_ref(py));
+            *slf.get().call_keywords.lock(py) = Some(keywords);
         }
-        Ok(keywords)
+        Ok(picked)
     }
 
     fn task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {

@@ -100,13 +100,6 @@ impl CallKeywords {
         })
     }
 
-    pub fn clone_ref(&self, py: Python<'_>) -> Self {
-        Self {
-            future: self.future.clone_ref(py),
-            task: self.task.clone_ref(py),
-        }
-    }
-
     pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.future)?;
         visit.call(&self.task)
@@ -123,8 +116,8 @@ pub fn new_future<'py>(loop_: &Bound<'py, EventLoop>) -> PyResult<Bound<'py, PyA
         "asyncio.futures",
         intern!(py, "Future"),
     )?;
-    let keywords = EventLoop::call_keywords(loop_)?;
-    future_class.call((), Some(keywords.future.bind(py)))
+    let keywords = EventLoop::call_keywords(loop_, |k| &k.future)?;
+    future_class.call((), Some(&keywords))
 }
 
 /// `asyncio.Task(coro, loop=loop, name=name, context=context)`; in debug mode the task's
@@ -139,8 +132,8 @@ pub fn new_task<'py>(
     let py = loop_.py();
     let task_class = module_attribute(py, &ASYNCIO_TASKS, "asyncio.tasks", intern!(py, "Task"))?;
     let task = if name.is_none() && context.is_none() {
-        let keywords = EventLoop::call_keywords(loop_)?;
-        task_class.call((coro,), Some(keywords.task.bind(py)))?
+        let keywords = EventLoop::call_keywords(loop_, |k| &k.task)?;
+        task_class.call((coro,), Some(&keywords))?
     } else {
         let names = kwnames(py, &KW_LOOP_NAME_CONTEXT, &["loop", "name", "context"])?;
         vectorcall(&task_class, [coro, loop_.as_any(), name, context], names)?
