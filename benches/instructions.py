@@ -11,9 +11,9 @@ the operations done (`call_later` counts each of its two timers).
 With `--own`, each count is followed by the part of it spent in the loop's own compiled code
 (the shared objects of its package: oxio's `_oxio`, uvloop's `loop`, rloop's `_rloop`), counted
 where it is executed and not where it is called from: the rest is the interpreter, asyncio's C
-and Python code and the workload's coroutines. That is how much a row could gain from the loop
-at most, before what the loop makes the interpreter do for it (objects it allocates, calls it
-makes), which is counted in the rest. asyncio's loop is Python, so it has no such figure.
+and Python code and the workload's coroutines. A loop that cost nothing would save that part,
+and what it makes the interpreter do for it (objects it allocates, calls it makes), which the
+rest includes. asyncio's loop is Python, so it has no such figure.
 """
 
 import argparse
