@@ -20,7 +20,7 @@ $(STAMP): requirements-dev.txt
 build: $(STAMP) ## Build the extension (release) into .venv.
 	$(VENV)/bin/maturin develop --release --quiet
 
-demo: build wrk ## The showcase: a web app and a program on asyncio, uvloop and oxio (~30 s).
+demo: build wrk ## The showcase: a web app and a program on asyncio, uvloop and oxio (~40 s).
 	$(PY) demo/demo.py
 
 test: build lint test-rust test-python conformance ## Build, lint, and run every test.

@@ -1,11 +1,12 @@
 """`make demo`: oxio next to asyncio and uvloop, serving a web app under load, then running an
 ordinary program.
 
-    python demo/demo.py [--seconds S] [--warmup S]
+    python demo/demo.py [--seconds S] [--warmup S] [--rounds N]
 
-Part one serves demo/app.py (aiohttp) on each loop in turn under the same wrk load and prints
-requests per second side by side, with a chart in benches/results/demo.png. Part two times
-demo/program.py, a mix of tasks, timers, queues, streams and subprocesses, on each loop.
+Part one serves demo/app.py (aiohttp) on each loop in turn under the same wrk load, over a few
+rounds, and prints the median requests per second side by side, with a chart in
+benches/results/demo.png. Part two times demo/program.py, a mix of tasks, timers, queues,
+streams and subprocesses, on each loop.
 """
 
 import argparse
@@ -33,13 +34,13 @@ def ratio(value, base):
     return f"{value / base:.2f}x" if value and base else "n/a"
 
 
-def serve_under_load(loops, warmup, seconds):
+def serve_under_load(loops, warmup, seconds, rounds):
     print("Part 1: an aiohttp JSON API (demo/app.py), served on each loop in turn.")
-    print(textwrap.fill(under_load.describe(warmup, seconds), WIDTH) + "\n")
+    print(textwrap.fill(under_load.describe(warmup, seconds, rounds), WIDTH) + "\n")
     if shutil.which("wrk") is None:
         print("  skipped: wrk is not installed (`make demo` installs it with apt-get)\n")
         return
-    results = under_load.run_all(loops, warmup, seconds)
+    results = under_load.run_all(loops, warmup, seconds, rounds)
     if not results:
         return
     base = {r.loop: r.requests_per_second for r in results}
@@ -87,12 +88,13 @@ def run_program(loops):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     # Whole seconds, because wrk takes no fractions.
-    parser.add_argument("--seconds", type=int, default=5, help="measured seconds per loop")
+    parser.add_argument("--seconds", type=int, default=2, help="measured seconds per sample")
     parser.add_argument("--warmup", type=int, default=1, help="seconds of load before that")
+    parser.add_argument("--rounds", type=int, default=3, help="samples per loop")
     args = parser.parse_args()
     started = time.monotonic()
     loops = available()
-    serve_under_load(loops, args.warmup, args.seconds)
+    serve_under_load(loops, args.warmup, args.seconds, args.rounds)
     run_program(loops)
     print(f"\nThe demo took {time.monotonic() - started:.0f} s; `make bench` has the full suite.")
 
