@@ -199,6 +199,28 @@ def test_write_type_errors_and_write_after_eof(loop, run):
     run(main())
 
 
+def test_write_takes_data_by_position_or_keyword_and_nothing_else(loop, run):
+    async def main():
+        transport, protocol, peer = await connected_pair(loop)
+        for bad_call in (
+            lambda: transport.write(),
+            lambda: transport.write(b"a", b"b"),
+            lambda: transport.write(b"a", data=b"b"),
+            lambda: transport.write(payload=b"a"),
+        ):
+            with pytest.raises(TypeError):
+                bad_call()
+        transport.write(data=b"by keyword, ")
+        transport.write(b"by position")
+        transport.write_eof()
+        assert await read_until_eof(loop, peer) == b"by keyword, by position"
+        transport.close()
+        await protocol.done
+        peer.close()
+
+    run(main())
+
+
 def test_half_close_keep_open_lets_the_protocol_still_write(loop, run):
     async def main():
         transport, protocol, peer = await connected_pair(loop, keep_open=True)

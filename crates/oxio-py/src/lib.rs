@@ -9,6 +9,7 @@ mod event_loop;
 mod fd;
 mod handle;
 mod process;
+mod raw_method;
 mod sock;
 mod stdlib;
 mod tasks;
@@ -27,6 +28,7 @@ fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sock::SockCoroutine>()?;
     sock::install_am_send(m.py());
     m.add_class::<transport::stream::StreamCore>()?;
+    transport::stream_methods::install(m.py())?;
     transport::stream_reader::capture_stock(m.py());
     m.add_class::<transport::pipe::ReadPipeCore>()?;
     m.add_class::<transport::pipe::WritePipeCore>()?;

@@ -9,53 +9,18 @@
 // row, 60 per call of `create_future` and `get_debug`, four of which a queue ping-pong round
 // trip makes, and 230 per `create_task` (callgrind).
 
-use std::ffi::CStr;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::ptr;
-
-use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
-use pyo3::panic::PanicException;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyString, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyTuple};
 use pyo3::PyTypeInfo;
 
-use super::scheduling::{self, keyword_is, missing_arguments, multiple_values, unexpected_keyword};
+use super::scheduling;
 use super::EventLoop;
+use crate::raw_method::{
+    self, guard, keyword_is, missing_arguments, multiple_values, too_many_positional,
+    unexpected_keyword, MethodDef,
+};
 use crate::tasks;
-
-/// Runs a method's `body` on `slf` and turns its outcome into what CPython expects of a
-/// method: a new reference, or NULL with the exception set. A panic becomes a
-/// `PanicException` naming `method` instead of unwinding into the interpreter.
-///
-/// # Safety
-/// The interpreter is attached and `slf` is an `EventLoop` (a method descriptor checks it),
-/// borrowed for the call.
-#[inline(always)]
-pub(super) unsafe fn guard<'py>(
-    slf: *mut ffi::PyObject,
-    method: &str,
-    body: impl FnOnce(&Bound<'py, EventLoop>) -> PyResult<Bound<'py, PyAny>>,
-) -> *mut ffi::PyObject {
-    // SAFETY: see above.
-    let py = unsafe { Python::assume_attached() };
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: see above.
-        let slf = unsafe { Borrowed::from_ptr(py, slf).cast_unchecked::<EventLoop>() };
-        body(&slf)
-    }));
-    match outcome {
-        Ok(Ok(result)) => result.into_ptr(),
-        Ok(Err(err)) => {
-            err.restore(py);
-            ptr::null_mut()
-        }
-        Err(_) => {
-            PanicException::new_err(format!("panic in {method}()")).restore(py);
-            ptr::null_mut()
-        }
-    }
-}
 
 /// `create_future()`: `asyncio.Future(loop=self)`.
 unsafe extern "C" fn create_future(
@@ -107,7 +72,7 @@ impl<'a, 'py> TaskArgs<'a, 'py> {
         // SAFETY: the caller guarantees `args` and `kwnames` as documented above.
         let arg = |i: usize| unsafe { Borrowed::from_ptr(py, *args.add(i)) };
         if nargs > 1 {
-            return Err(too_many_positional(nargs));
+            return Err(too_many_positional("create_task", nargs));
         }
         let mut coro = (nargs == 1).then(|| arg(0));
         let (mut name, mut context, mut kwargs) = (None, None, None);
@@ -153,13 +118,6 @@ fn forwards_extra_keywords(py: Python<'_>) -> bool {
     py.version_info() >= (3, 14)
 }
 
-#[cold]
-fn too_many_positional(given: usize) -> PyErr {
-    PyTypeError::new_err(format!(
-        "create_task() takes 1 positional argument but {given} were given"
-    ))
-}
-
 /// `get_debug()`.
 unsafe extern "C" fn get_debug(
     slf: *mut ffi::PyObject,
@@ -167,45 +125,9 @@ unsafe extern "C" fn get_debug(
 ) -> *mut ffi::PyObject {
     // SAFETY: as for `create_future`.
     unsafe {
-        guard(slf, "get_debug", |slf| {
+        guard(slf, "get_debug", |slf: &Bound<'_, EventLoop>| {
             let debug = slf.get().is_debug();
             Ok(PyBool::new(slf.py(), debug).to_owned().into_any())
-        })
-    }
-}
-
-/// A method definition CPython keeps a pointer to for the life of the process.
-pub(super) struct MethodDef(pub(super) ffi::PyMethodDef);
-
-// SAFETY: CPython only reads a method definition, and these hold pointers to static data.
-unsafe impl Sync for MethodDef {}
-
-impl MethodDef {
-    pub(super) const fn with_keywords(
-        name: &'static CStr,
-        entry: ffi::PyCFunctionFastWithKeywords,
-        doc: &'static CStr,
-    ) -> Self {
-        Self(ffi::PyMethodDef {
-            ml_name: name.as_ptr(),
-            ml_meth: ffi::PyMethodDefPointer {
-                PyCFunctionFastWithKeywords: entry,
-            },
-            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-            ml_doc: doc.as_ptr(),
-        })
-    }
-
-    const fn no_arguments(
-        name: &'static CStr,
-        entry: ffi::PyCFunction,
-        doc: &'static CStr,
-    ) -> Self {
-        Self(ffi::PyMethodDef {
-            ml_name: name.as_ptr(),
-            ml_meth: ffi::PyMethodDefPointer { PyCFunction: entry },
-            ml_flags: ffi::METH_NOARGS,
-            ml_doc: doc.as_ptr(),
         })
     }
 }
@@ -250,22 +172,5 @@ static METHODS: [MethodDef; 7] = [
 
 /// Adds the methods to `EventLoop`, once, at module initialisation.
 pub(crate) fn install(py: Python<'_>) -> PyResult<()> {
-    let class = EventLoop::type_object(py);
-    for def in &METHODS {
-        // SAFETY: the interpreter is attached; `def` is static, and CPython never writes
-        // through the pointer it keeps.
-        let descriptor = unsafe {
-            ffi::PyDescr_NewMethod(class.as_type_ptr(), ptr::from_ref(&def.0).cast_mut())
-        };
-        if descriptor.is_null() {
-            return Err(PyErr::fetch(py));
-        }
-        // SAFETY: a new reference we own.
-        let descriptor = unsafe { Bound::from_owned_ptr(py, descriptor) };
-        let name = descriptor
-            .getattr(pyo3::intern!(py, "__name__"))?
-            .cast_into::<PyString>()?;
-        class.setattr(name, descriptor)?;
-    }
-    Ok(())
+    raw_method::install(&EventLoop::type_object(py), &METHODS)
 }

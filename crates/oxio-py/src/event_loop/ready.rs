@@ -27,8 +27,7 @@ use pyo3::types::{IntoPyDict, PyBool, PyDict, PyTuple};
 use crate::context;
 use crate::errors::is_exit;
 use crate::handle::{self, Handle, HandleFields};
-
-use super::raw_methods::MethodDef;
+use crate::raw_method::MethodDef;
 
 /// An entry of the ready queue.
 pub(super) enum Ready {

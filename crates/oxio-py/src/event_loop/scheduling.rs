@@ -6,16 +6,18 @@
 //! `(callback, *args, context=None)` cost more than taking a handle and queueing it; these
 //! methods read the vectorcall array directly, with asyncio's signatures and errors.
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyString, PyTuple};
+use pyo3::types::PyTuple;
 
-use super::raw_methods::guard;
 use super::ready::Step;
 use super::EventLoop;
+use crate::raw_method::{
+    guard, keyword_is, missing_arguments, multiple_values, unexpected_keyword,
+};
 
 /// The arguments of `name(p1, ..., pN, *args, context=None)`, as asyncio's scheduling
 /// methods take them: the `N` leading parameters positionally or by keyword.
@@ -80,50 +82,6 @@ impl<'a, 'py, const N: usize> CallArgs<'a, 'py, N> {
             context: context.filter(|ctx| !ctx.is_none()),
         })
     }
-}
-
-// The errors are out of line: the methods' common path then spans fewer cache lines.
-
-#[cold]
-pub(super) fn unexpected_keyword(name: &str, keyword: &Bound<'_, PyAny>) -> PyErr {
-    PyTypeError::new_err(format!(
-        "{name}() got an unexpected keyword argument '{keyword}'"
-    ))
-}
-
-#[cold]
-pub(super) fn multiple_values(name: &str, param: &str) -> PyErr {
-    PyTypeError::new_err(format!(
-        "{name}() got multiple values for argument '{param}'"
-    ))
-}
-
-/// Python's `TypeError` for missing arguments: "missing 2 required positional arguments:
-/// 'delay' and 'callback'".
-#[cold]
-pub(super) fn missing_arguments<T>(name: &str, params: &[&str], given: &[Option<T>]) -> PyErr {
-    let missing: Vec<String> = params
-        .iter()
-        .zip(given)
-        .filter(|(_, value)| value.is_none())
-        .map(|(param, _)| format!("'{param}'"))
-        .collect();
-    let (count, plural) = (missing.len(), if missing.len() == 1 { "" } else { "s" });
-    let listed = match missing.split_last() {
-        Some((last, [])) => last.clone(),
-        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
-        None => String::new(),
-    };
-    PyTypeError::new_err(format!(
-        "{name}() missing {count} required positional argument{plural}: {listed}"
-    ))
-}
-
-/// Whether a keyword argument's name is `expected` (CPython passes names as `str`s).
-pub(super) fn keyword_is(keyword: &Bound<'_, PyAny>, expected: &str) -> bool {
-    keyword
-        .cast::<PyString>()
-        .is_ok_and(|name| name.to_str().is_ok_and(|name| name == expected))
 }
 
 /// Whether a keyword argument's name is `context`.

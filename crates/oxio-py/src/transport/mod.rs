@@ -134,6 +134,7 @@ pub(crate) mod pipe;
 mod reading;
 mod sockaddr;
 pub(crate) mod stream;
+pub(crate) mod stream_methods;
 pub(crate) mod stream_reader;
 
 use std::os::fd::RawFd;

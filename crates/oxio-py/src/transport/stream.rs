@@ -64,6 +64,30 @@ impl WriteCore for StreamCore {
 }
 
 impl StreamCore {
+    /// `write(data)` (`stream_methods.rs`).
+    pub(super) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        with_bytes(data, |bytes| Self::write_bytes(slf, bytes))?
+    }
+
+    /// The reader callback, `_read_ready` (`stream_methods.rs`).
+    pub(super) fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let (lost, receiver) = {
+            let this = slf.borrow();
+            (this.conn_lost > 0, this.receiver)
+        };
+        let Some(protocol) = protocol_of(slf) else {
+            return Ok(());
+        };
+        if lost {
+            return Ok(());
+        }
+        match receiver {
+            Receiver::Protocol => Self::read_into_protocol(slf, &protocol),
+            Receiver::Buffered => Self::read_into_buffer(slf, &protocol),
+            Receiver::StreamReader => Self::read_into_stream_reader(slf, &protocol),
+        }
+    }
+
     /// asyncio's `_fatal_error`: OS errors are expected (peer reset, broken pipe) and only close
     /// the transport; anything else also reaches the loop's exception handler.
     fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
@@ -332,10 +356,6 @@ impl StreamCore {
         })
     }
 
-    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        with_bytes(data, |bytes| Self::write_bytes(slf, bytes))?
-    }
-
     fn writelines(slf: &Bound<'_, Self>, lines: &Bound<'_, PyAny>) -> PyResult<()> {
         let mut joined = Vec::new();
         for line in lines.try_iter()? {
@@ -401,27 +421,6 @@ impl StreamCore {
         slf.borrow_mut().receiver = receiver;
         transport::replace_protocol(slf, protocol);
         Ok(())
-    }
-
-    /// Reader callback. `_transport` is the Python transport, passed by the watcher only to keep
-    /// it alive while the watcher is registered.
-    #[pyo3(signature = (_transport=None))]
-    fn _read_ready(slf: &Bound<'_, Self>, _transport: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        let (lost, receiver) = {
-            let this = slf.borrow();
-            (this.conn_lost > 0, this.receiver)
-        };
-        let Some(protocol) = protocol_of(slf) else {
-            return Ok(());
-        };
-        if lost {
-            return Ok(());
-        }
-        match receiver {
-            Receiver::Protocol => Self::read_into_protocol(slf, &protocol),
-            Receiver::Buffered => Self::read_into_buffer(slf, &protocol),
-            Receiver::StreamReader => Self::read_into_stream_reader(slf, &protocol),
-        }
     }
 
     #[pyo3(signature = (_transport=None))]
