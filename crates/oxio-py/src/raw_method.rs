@@ -49,6 +49,23 @@ pub(crate) unsafe fn guard<'py, T: PyClass>(
     }
 }
 
+/// Defines `$entry`, the `extern "C"` function of a `METH_FASTCALL | METH_KEYWORDS` method, as
+/// a call of `$enter(slf, args, nargs, kwnames, $method)`, where methods share their body.
+macro_rules! fastcall_entry {
+    ($vis:vis $entry:ident => $enter:ident($method:expr)) => {
+        $vis unsafe extern "C" fn $entry(
+            slf: *mut pyo3::ffi::PyObject,
+            args: *const *mut pyo3::ffi::PyObject,
+            nargs: pyo3::ffi::Py_ssize_t,
+            kwnames: *mut pyo3::ffi::PyObject,
+        ) -> *mut pyo3::ffi::PyObject {
+            // SAFETY: CPython calls a METH_FASTCALL | METH_KEYWORDS method as `$enter` requires.
+            unsafe { $enter(slf, args, nargs, kwnames, $method) }
+        }
+    };
+}
+pub(crate) use fastcall_entry;
+
 /// A method definition CPython keeps a pointer to for the life of the process.
 pub(crate) struct MethodDef(pub(crate) ffi::PyMethodDef);
 

@@ -16,7 +16,7 @@ use pyo3::types::PyTuple;
 use super::ready::Step;
 use super::EventLoop;
 use crate::raw_method::{
-    guard, keyword_is, missing_arguments, multiple_values, unexpected_keyword,
+    fastcall_entry, guard, keyword_is, missing_arguments, multiple_values, unexpected_keyword,
 };
 
 /// The arguments of `name(p1, ..., pN, *args, context=None)`, as asyncio's scheduling
@@ -202,7 +202,7 @@ impl Method {
 }
 
 /// What the methods share: parse, schedule, and turn the outcome into what CPython expects
-/// of a method (see `raw_methods::guard`).
+/// of a method (see `raw_method::guard`).
 ///
 /// # Safety
 /// CPython calls the methods with the interpreter attached, `slf` an `EventLoop` (the method
@@ -223,22 +223,7 @@ unsafe fn enter(
     }
 }
 
-/// Defines the `extern "C"` entry of one method.
-macro_rules! entry {
-    ($entry:ident, $method:expr) => {
-        pub(super) unsafe extern "C" fn $entry(
-            slf: *mut ffi::PyObject,
-            args: *const *mut ffi::PyObject,
-            nargs: ffi::Py_ssize_t,
-            kwnames: *mut ffi::PyObject,
-        ) -> *mut ffi::PyObject {
-            // SAFETY: CPython calls a METH_FASTCALL | METH_KEYWORDS method as `enter` requires.
-            unsafe { enter(slf, args, nargs, kwnames, $method) }
-        }
-    };
-}
-
-entry!(call_soon, Method::Soon);
-entry!(call_soon_threadsafe, Method::SoonThreadsafe);
-entry!(call_later, Method::Later);
-entry!(call_at, Method::At);
+fastcall_entry!(pub(super) call_soon => enter(Method::Soon));
+fastcall_entry!(pub(super) call_soon_threadsafe => enter(Method::SoonThreadsafe));
+fastcall_entry!(pub(super) call_later => enter(Method::Later));
+fastcall_entry!(pub(super) call_at => enter(Method::At));

@@ -11,45 +11,51 @@ use pyo3::prelude::*;
 use pyo3::PyTypeInfo;
 
 use super::stream::StreamCore;
-use crate::raw_method::{self, guard, single_argument, MethodDef};
+use crate::raw_method::{self, fastcall_entry, guard, single_argument, MethodDef};
 
-/// `write(data)`.
-unsafe extern "C" fn write(
+/// The two methods.
+#[derive(Clone, Copy)]
+enum Method {
+    /// `write(data)`.
+    Write,
+    /// `_read_ready(_transport=None)`: the reader callback. `_transport` is the Python
+    /// transport, passed by the watcher only to keep it alive while the watcher is registered.
+    ReadReady,
+}
+
+/// What the methods share: read the one argument, run the method, return `None`.
+///
+/// # Safety
+/// CPython calls the methods with the interpreter attached, `slf` a `StreamCore` (the method
+/// descriptor checks it), and `args`, `nargs`, `kwnames` as `single_argument` requires.
+unsafe fn enter(
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
+    method: Method,
 ) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls a METH_FASTCALL | METH_KEYWORDS method of `StreamCore` as `guard`
-    // and `single_argument` require.
+    let (name, param, required) = match method {
+        Method::Write => ("write", "data", true),
+        Method::ReadReady => ("_read_ready", "_transport", false),
+    };
+    // SAFETY: see above, for `guard` and for `single_argument` in the closure.
     unsafe {
-        guard(slf, "write", |slf: &Bound<'_, StreamCore>| {
+        guard(slf, name, |slf: &Bound<'_, StreamCore>| {
             let py = slf.py();
-            let data = single_argument(py, "write", "data", true, args, nargs, kwnames)?;
-            StreamCore::write(slf, &data.expect("a required argument is present"))?;
+            let arg = single_argument(py, name, param, required, args, nargs, kwnames)?;
+            match (method, arg) {
+                (Method::Write, Some(data)) => StreamCore::write(slf, &data)?,
+                (Method::Write, None) => unreachable!("`data` is a required argument"),
+                (Method::ReadReady, _) => StreamCore::read_ready(slf)?,
+            }
             Ok(py.None().into_bound(py))
         })
     }
 }
 
-/// `_read_ready(_transport=None)`: the reader callback. `_transport` is the Python transport,
-/// passed by the watcher only to keep it alive while the watcher is registered.
-unsafe extern "C" fn read_ready(
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: as for `write`.
-    unsafe {
-        guard(slf, "_read_ready", |slf: &Bound<'_, StreamCore>| {
-            let py = slf.py();
-            single_argument(py, "_read_ready", "_transport", false, args, nargs, kwnames)?;
-            StreamCore::read_ready(slf)?;
-            Ok(py.None().into_bound(py))
-        })
-    }
-}
+fastcall_entry!(write => enter(Method::Write));
+fastcall_entry!(read_ready => enter(Method::ReadReady));
 
 static METHODS: [MethodDef; 2] = [
     MethodDef::with_keywords(
