@@ -553,3 +553,45 @@ def test_large_reads_then_small_ones_arrive_intact(loop, run):
         return bytes(protocol.data)
 
     assert run(main()) == b"".join(chunks)
+
+
+def test_reads_of_one_size_each_bring_their_own_bytes(loop, run):
+    # oxio copies a read into the `bytes` of the previous one when the protocol kept no
+    # reference to it. What the protocol keeps must never change, and every read's contents
+    # and hash must be its own (the hash of the previous contents is cached in the object).
+    rng = random.Random(2)
+    messages = [rng.randbytes(1024) for _ in range(20)]
+
+    class Keeper(asyncio.Protocol):
+        def __init__(self):
+            self.kept = []
+            self.copies = []
+            self.stale_hashes = 0
+
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            copy = bytes(bytearray(data))
+            self.stale_hashes += hash(data) != hash(copy)
+            self.copies.append(copy)
+            if len(self.copies) % 2:
+                self.kept.append(data)
+            self.transport.write(b"!")
+
+    async def main():
+        ours, peer = socket.socketpair()
+        transport, protocol = await loop.connect_accepted_socket(Keeper, ours)
+        for message in messages:
+            # One message at a time, so that each read brings one message of the same size. The
+            # peer is a blocking socket served by a thread: the loop thread reads nothing else.
+            await loop.run_in_executor(None, peer.sendall, message)
+            assert await loop.run_in_executor(None, peer.recv, 1) == b"!"
+        transport.close()
+        peer.close()
+        return protocol
+
+    protocol = run(main())
+    assert b"".join(protocol.copies) == b"".join(messages)
+    assert protocol.kept == protocol.copies[::2]
+    assert protocol.stale_hashes == 0

@@ -133,6 +133,7 @@ pub(crate) mod datagram;
 pub(crate) mod pipe;
 mod reading;
 mod sockaddr;
+mod spare_bytes;
 pub(crate) mod stream;
 pub(crate) mod stream_methods;
 pub(crate) mod stream_reader;

@@ -12,6 +12,8 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes};
 
+use crate::transport::spare_bytes;
+
 /// asyncio's `max_size` for one read on a socket or pipe transport.
 pub(crate) const READ_SIZE: usize = 256 * 1024;
 
@@ -59,7 +61,7 @@ pub(crate) fn recv_bytes<'py>(
         Some(bytes) => bytes,
         None => with_read_buffer(|buf| {
             let got = recv_with_flags(fd, &mut buf[..limit.min(READ_SIZE)], flags)?;
-            Ok::<_, io::Error>(PyBytes::new(py, &buf[..got]))
+            Ok::<_, io::Error>(spare_bytes::bytes_from(py, &buf[..got]))
         })?,
     };
     note_read_size(fd, expect_large, bytes.as_bytes().len());

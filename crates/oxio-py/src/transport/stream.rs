@@ -18,8 +18,9 @@ use crate::errors::{is_exit, os_error};
 use crate::tls::TlsProtocol;
 use crate::transport::{
     self, add_writer, maybe_pause_protocol, maybe_resume_protocol, protocol_of, remove_reader,
-    remove_writer, schedule_connection_lost, stream_reader, with_bytes, with_read_buffer, Appended,
-    FlowControl, Receiver, Wiring, WriteCore, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    remove_writer, schedule_connection_lost, spare_bytes, stream_reader, with_bytes,
+    with_read_buffer, Appended, FlowControl, Receiver, Wiring, WriteCore,
+    LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 
 /// What asyncio's transports report when the protocol's `data_received` raised.
@@ -176,7 +177,8 @@ impl StreamCore {
             Err(err) => Self::read_failed(slf, err),
             Ok(data) if data.as_bytes().is_empty() => Self::on_eof(slf, protocol),
             Ok(data) => {
-                let result = protocol.call_method1(intern!(py, "data_received"), (data,));
+                let result = protocol.call_method1(intern!(py, "data_received"), (&data,));
+                spare_bytes::recycle(data);
                 Self::protocol_call(slf, result, DATA_RECEIVED_FAILED).map(drop)
             }
         }
