@@ -68,10 +68,15 @@ def test_bytes_arrive_whole_and_in_order(run, size):
     run(main())
 
 
-def test_reading_pauses_past_twice_the_limit_and_resumes(run):
+class Limit(int):
+    """An `int` of another type: oxio compares it in Python's arithmetic, not in machine words."""
+
+
+@pytest.mark.parametrize("limit", [1024, Limit(1024)], ids=["int", "int-subclass"])
+def test_reading_pauses_past_twice_the_limit_and_resumes(run, limit):
     async def main():
         loop = asyncio.get_running_loop()
-        reader, writer, peer = await stream_pair(limit=1024)
+        reader, writer, peer = await stream_pair(limit=limit)
         transport = writer.transport
         data = payload(64 * 1024)
         sending = loop.create_task(loop.sock_sendall(peer, data))
