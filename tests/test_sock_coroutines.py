@@ -476,6 +476,64 @@ def test_fd_closed_while_a_duplicate_lives(run, loop):
     b.close()
 
 
+def test_a_closed_fds_duplicate_never_wakes_the_new_owner_of_its_number(run, loop):
+    a, b = socketpair()
+
+    async def main():
+        receiving = asyncio.ensure_future(loop.sock_recv(a, 10))
+        await asyncio.sleep(0)
+        b.send(b"one")
+        assert await receiving == b"one"
+        old = a.fileno()
+        dup = a.dup()  # the old file, and whatever the loop registered for it, lives on
+        a.close()
+        c, d = socketpair()
+        try:
+            assert old in (c.fileno(), d.fileno())
+            reader, writer = (c, d) if c.fileno() == old else (d, c)
+            calls = []
+            loop.add_reader(reader, calls.append, "new")
+            for _ in range(3):  # traffic on the old file only
+                b.send(b"old")
+                await asyncio.sleep(0.01)
+            assert calls == []
+            writer.send(b"x")
+            while not calls:
+                await asyncio.sleep(0.001)
+            assert loop.remove_reader(reader) is True
+            assert dup.recv(100) == b"oldoldold"
+            return calls[0]
+        finally:
+            c.close()
+            d.close()
+            dup.close()
+
+    assert run(main()) == "new"
+    b.close()
+
+
+def test_one_socket_waits_to_read_then_to_write_then_to_read(run, loop):
+    a, b = socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    payload = b"w" * (1 << 20)
+
+    async def main():
+        for round_ in range(2):
+            receiving = asyncio.ensure_future(loop.sock_recv(a, 10))
+            await asyncio.sleep(0)
+            b.send(b"r%d" % round_)
+            assert await receiving == b"r%d" % round_
+            sending = asyncio.ensure_future(loop.sock_sendall(a, payload))
+            received = 0
+            while received < len(payload):
+                received += len(await loop.sock_recv(b, 1 << 16))
+            await sending
+
+    run(main())
+    a.close()
+    b.close()
+
+
 def test_add_reader_after_a_sock_wait(run, loop):
     a, b = socketpair()
 

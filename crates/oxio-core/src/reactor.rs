@@ -2,7 +2,8 @@
 //!
 //! Registrations are level-triggered: asyncio's `add_reader` callback may read only part of what
 //! is pending and expects to be called again, exactly as with `selectors.EpollSelector`. The
-//! one-shot variants serve a single waiter (a `sock_*` coroutine) that re-arms explicitly.
+//! edge-triggered variants serve waiters (the `sock_*` coroutines) that attempt their operation
+//! before every wait, so a report of each change of state is all they need.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -112,16 +113,17 @@ impl Poller {
         self.ctl(libc::EPOLL_CTL_MOD, fd, token, interest)
     }
 
-    /// Starts watching `fd` for one event only (`EPOLLONESHOT`): after it is reported, the
-    /// registration stays but is disarmed, reporting nothing until `modify_oneshot` re-arms it.
-    pub fn add_oneshot(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
-        let bits = interest.epoll_bits() | libc::EPOLLONESHOT as u32;
+    /// Starts watching `fd` edge-triggered (`EPOLLET`): reported when it becomes ready, not
+    /// while it stays ready, so a registration kept without a waiter never makes the poll spin.
+    pub fn add_edge(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        let bits = interest.epoll_bits() | libc::EPOLLET as u32;
         self.ctl_bits(libc::EPOLL_CTL_ADD, fd, token, bits)
     }
 
-    /// Re-arms (or changes) an added `fd` for one event only.
-    pub fn modify_oneshot(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
-        let bits = interest.epoll_bits() | libc::EPOLLONESHOT as u32;
+    /// Changes an added `fd` to an edge-triggered registration for `interest`. The kernel
+    /// checks the fd's state as it does on ADD, so an fd already ready is reported once.
+    pub fn modify_edge(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        let bits = interest.epoll_bits() | libc::EPOLLET as u32;
         self.ctl_bits(libc::EPOLL_CTL_MOD, fd, token, bits)
     }
 

@@ -39,28 +39,33 @@ fn reports_readable_until_drained() {
 }
 
 #[test]
-fn oneshot_reports_once_until_rearmed() {
+fn edge_triggered_reports_changes_not_states() {
     let poller = Poller::new().unwrap();
     let (mut a, b) = UnixStream::pair().unwrap();
-    poller.add_oneshot(b.as_raw_fd(), 3, READ).unwrap();
+    poller.add_edge(b.as_raw_fd(), 3, READ).unwrap();
     let mut events = Events::with_capacity(8);
     a.write_all(b"x").unwrap();
     poller
         .wait(&mut events, Some(Duration::from_secs(1)))
         .unwrap();
     assert_eq!(events.iter().map(|e| e.token).collect::<Vec<_>>(), [3]);
-    // The byte is still unread, but the registration is disarmed: nothing more, no busy loop.
+    // The byte is still unread, but nothing changed: nothing more, no busy loop.
     poller
         .wait(&mut events, Some(Duration::from_millis(0)))
         .unwrap();
     assert!(events.is_empty());
-    // Adding it again fails (it is still registered); re-arming reports the pending byte.
-    assert!(poller.add_oneshot(b.as_raw_fd(), 3, READ).is_err());
-    poller.modify_oneshot(b.as_raw_fd(), 3, READ).unwrap();
+    // New data is a new edge, reported under the token of the latest change.
+    assert!(poller.add_edge(b.as_raw_fd(), 3, READ).is_err());
+    poller.modify_edge(b.as_raw_fd(), 4, READ).unwrap();
     poller
         .wait(&mut events, Some(Duration::from_secs(1)))
         .unwrap();
-    assert_eq!(events.len(), 1);
+    assert_eq!(events.iter().map(|e| e.token).collect::<Vec<_>>(), [4]);
+    a.write_all(b"y").unwrap();
+    poller
+        .wait(&mut events, Some(Duration::from_secs(1)))
+        .unwrap();
+    assert_eq!(events.iter().map(|e| e.token).collect::<Vec<_>>(), [4]);
     // A plain modify turns it back into a level-triggered registration.
     poller.modify(b.as_raw_fd(), 3, READ).unwrap();
     for _ in 0..2 {

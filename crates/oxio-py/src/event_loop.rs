@@ -34,7 +34,8 @@ mod ready;
 mod scheduling;
 mod watchers;
 
-/// Token of the waker in the poller; fds use their own number as token.
+/// Token of the waker in the poller; fds use their own number and a generation
+/// (`watchers::parse_token`), which never make this one.
 const WAKER_TOKEN: u64 = u64::MAX;
 const EVENTS_CAPACITY: usize = 1024;
 /// The ready-queue length from which a running loop takes newly made handles out of the
@@ -58,8 +59,8 @@ struct Core {
     cancelled_timers: usize,
     readers: FdMap<Py<Handle>>,
     writers: FdMap<Py<Handle>>,
-    /// Registrations the `sock_*` coroutines keep one-shot or parked (`watchers::FdModes`).
-    modes: watchers::FdModes,
+    /// Registrations the `sock_*` coroutines keep edge-triggered (`watchers::FdStates`).
+    fds: watchers::FdStates,
     /// Handles that have run, emptied for `call_soon` to refill (`handle::recycle`).
     spare_handles: Vec<Py<Handle>>,
     /// `None` once the loop is closed: closing releases the epoll fd and the eventfd at once.
@@ -505,7 +506,7 @@ impl EventLoop {
                 cancelled_timers: 0,
                 readers: FdMap::default(),
                 writers: FdMap::default(),
-                modes: Default::default(),
+                fds: Default::default(),
                 spare_handles: Vec::new(),
                 poller: Some(poller),
                 waker: Some(waker),

@@ -2,7 +2,6 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +10,7 @@ use oxio_core::{monotonic, Events, Poller, TimerHeap};
 use pyo3::intern;
 use pyo3::prelude::*;
 
-use super::{closed_error, ready, Core, EventLoop, IterationBuffers, Ready, WAKER_TOKEN};
+use super::{closed_error, ready, watchers, Core, EventLoop, IterationBuffers, Ready, WAKER_TOKEN};
 use crate::errors::os_error;
 use crate::handle::{self, prefetch, Handle, TimerHandle, SPARE_HANDLES};
 
@@ -132,7 +131,10 @@ impl EventLoop {
                 }
                 continue;
             }
-            let fd = event.token as RawFd;
+            let (fd, generation) = watchers::parse_token(event.token);
+            if core.fds.is_stale(fd, generation) {
+                continue;
+            }
             for (write, fired) in [(false, event.readable), (true, event.writable)] {
                 if !fired {
                     continue;
@@ -147,7 +149,7 @@ impl EventLoop {
                     }
                     if core.sync_interest(fd, before).is_err() {
                         // The fd was closed under its watchers. Forget its registration rather
-                        // than drop the rest of this poll's events: one-shot ones never return.
+                        // than drop the rest of this poll's events.
                         if let Some(poller) = &core.poller {
                             let _ = poller.delete(fd);
                         }

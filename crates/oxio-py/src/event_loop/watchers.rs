@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use oxio_core::{FdMap, Interest};
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyTuple, PyWeakrefReference};
 
 use super::{closed_error, Core, EventLoop};
 use crate::errors::os_error;
@@ -31,19 +31,19 @@ impl Core {
 
     /// Tells the poller about a change of `fd`'s interest from `before` to the current one.
     ///
-    /// Any such change makes the registration level-triggered again, including one that a
-    /// `sock_*` coroutine left one-shot or parked (see `FdMode`).
+    /// Any such change makes the registration level-triggered again, including one that
+    /// `sock_*` coroutines left edge-triggered (see `FdState`).
     pub(super) fn sync_interest(&mut self, fd: RawFd, before: Interest) -> io::Result<()> {
-        let parked = self.modes.take(fd) == FdMode::Parked;
+        let edge = self.fds.take(fd);
         let Some(poller) = &self.poller else {
             return Ok(());
         };
         let now = self.interest(fd);
-        let token = fd as u64;
-        match (before.is_empty() && !parked, now.is_empty()) {
+        let token = level_token(fd);
+        match (before.is_empty() && !edge, now.is_empty()) {
             (true, true) => Ok(()),
             (true, false) => match poller.add(fd, token, now) {
-                // Registered after all (a parked registration we lost track of): change it.
+                // Registered after all (an edge-triggered registration we lost track of).
                 Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
                     poller.modify(fd, token, now)
                 }
@@ -59,91 +59,162 @@ impl Core {
         }
     }
 
-    /// Arms `fd`'s registration for one event (a `sock_*` coroutine's only watcher on it),
-    /// re-using a parked or disarmed registration when there is one.
-    fn arm_oneshot(&mut self, fd: RawFd) -> io::Result<()> {
-        let registered = self.modes.get(fd) != FdMode::Level;
+    /// Registers `fd` edge-triggered for the wait of a `sock_*` coroutine on `sock` (the fd's
+    /// only watcher). A registration that an earlier wait on the same socket object left is
+    /// used as it is: no system call at all when it already watches the same direction.
+    fn arm_edge(&mut self, fd: RawFd, sock: &Bound<'_, PyAny>) -> io::Result<()> {
         let Some(poller) = &self.poller else {
             return Ok(());
         };
         let now = self.interest(fd);
-        let token = fd as u64;
-        let armed = if registered {
-            match poller.modify_oneshot(fd, token, now) {
-                // The fd was closed (and its number maybe reused) since it was parked: the
-                // kernel dropped that registration with the file.
+        let kept = match self.fds.edge(fd) {
+            Some(edge) if edge.is_owned_by(sock) && edge.interest == now => return Ok(()),
+            Some(_) => true,
+            None => false,
+        };
+        // A fresh token for each change, so that reports from a registration this one replaces
+        // are told apart from its own (`FdStates::is_stale`).
+        let generation = self.fds.next_generation();
+        let token = edge_token(fd, generation);
+        if kept {
+            match poller.modify_edge(fd, token, now) {
+                // The fd was closed (and its number maybe reused) since the last wait: the
+                // kernel dropped that registration with the file, or it belongs to a file that a
+                // duplicate keeps open, which this fd no longer is.
                 Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
-                    poller.add_oneshot(fd, token, now)
+                    poller.add_edge(fd, token, now)
                 }
                 other => other,
             }
         } else {
-            match poller.add_oneshot(fd, token, now) {
+            match poller.add_edge(fd, token, now) {
                 Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
-                    poller.modify_oneshot(fd, token, now)
+                    poller.modify_edge(fd, token, now)
                 }
                 other => other,
             }
-        };
-        if armed.is_ok() {
-            self.modes.set(fd, FdMode::Oneshot);
-        }
-        armed
+        }?;
+        // A socket that refuses weak references is never recognised, and pays one MOD per wait.
+        let owner = PyWeakrefReference::new(sock).ok().map(Bound::unbind);
+        self.fds.set_edge(
+            fd,
+            EdgeRegistration {
+                interest: now,
+                generation,
+                owner,
+            },
+        );
+        Ok(())
     }
 }
 
-/// How the kernel holds an fd, beyond what its watchers say.
-// NOTE: parking instead of deleting makes each blocked `sock_*` wait cost one EPOLL_CTL_MOD
-// instead of an ADD then a DEL (ADD+DEL measured 1.75 us, MOD 0.45 us): the in-process echo
-// went from 4 to 2 epoll_ctl per round trip and from 16.2 to 13.2 us of CPU per round trip
-// (median of 10 alternating runs each).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) enum FdMode {
-    /// Registered level-triggered while it has watchers, unregistered when it has none: the
-    /// `add_reader`/`add_writer` contract, and every fd's state unless said otherwise here.
-    #[default]
-    Level,
-    /// Registered `EPOLLONESHOT` for the one watcher of a waiting `sock_*` coroutine: the event
-    /// that wakes the coroutine also disarms the registration.
-    Oneshot,
-    /// No watchers, but still registered one-shot: disarmed, or armed for at most one event
-    /// that no watcher claims (a coroutine cancelled before its event). The next `sock_*` wait
-    /// on the fd re-arms it with one `EPOLL_CTL_MOD` instead of an ADD now and a DEL later. A
-    /// disarmed registration reports nothing, so a parked fd can never make the poll spin.
-    Parked,
+/// The token of a level-triggered registration: the fd's own number (generation 0).
+fn level_token(fd: RawFd) -> u64 {
+    u64::from(fd as u32)
 }
 
-/// `FdMode` per fd number, indexed directly (fds are small integers).
+/// The token of an edge-triggered registration: the fd's number and the registration's
+/// generation (never 0).
+fn edge_token(fd: RawFd, generation: u32) -> u64 {
+    u64::from(generation) << 32 | u64::from(fd as u32)
+}
+
+/// The fd and generation a token carries.
+pub(super) fn parse_token(token: u64) -> (RawFd, u32) {
+    (token as u32 as RawFd, (token >> 32) as u32)
+}
+
+/// An edge-triggered registration that `sock_*` coroutines keep between their waits.
+// NOTE: a blocked `sock_*` wait cost an ADD and a DEL, then one EPOLL_CTL_MOD re-arming a
+// parked one-shot registration (16.2 -> 13.2 us of CPU per in-process echo round trip). Kept
+// registered edge-triggered, the same socket's next wait makes no system call: the in-process
+// echo went from 12.3 to 10.3 syscalls per round trip and from 77.8k to 85.9k round trips per
+// CPU-second (8 alternating runs), the TCP sock_* echo server at 1 KiB from 109.6k to 121.1k
+// (6 alternating runs).
+pub(super) struct EdgeRegistration {
+    /// The directions registered: those of the last wait.
+    interest: Interest,
+    /// The generation in the registration's token.
+    generation: u32,
+    /// The socket object whose wait registered it, weakly. The same living object with the
+    /// same fd number holds the same open file (a socket object closes its fd only with
+    /// itself), so its next wait may trust the registration. Any other object may hold a
+    /// new file under a reused number: its wait asks the kernel.
+    owner: Option<Py<PyWeakrefReference>>,
+}
+
+impl EdgeRegistration {
+    fn is_owned_by(&self, sock: &Bound<'_, PyAny>) -> bool {
+        self.owner
+            .as_ref()
+            .and_then(|owner| owner.bind(sock.py()).upgrade())
+            .is_some_and(|owner| owner.is(sock))
+    }
+}
+
+/// How the kernel holds each fd, beyond what its watchers say, indexed by fd number (fds are
+/// small integers).
+///
+/// An fd not listed here is *level-triggered*: registered while it has watchers, with the
+/// directions they watch, and unregistered when it has none (the `add_reader`/`add_writer`
+/// contract). An fd whose only watcher is a `sock_*` coroutine's is registered edge-triggered
+/// instead, and stays registered when the wait ends: the next wait on the same socket needs
+/// no system call, and without a waiter the registration reports only new data (at most one
+/// report per arrival, ignored by dispatch), never a busy poll. Any `add_reader`/`add_writer`,
+/// removal or second watcher on the fd makes it level-triggered again.
+///
+/// When a registered fd is closed, the kernel drops the registration with the file, unless a
+/// duplicate keeps the file open: then it lives on under the old fd number, unreachable by
+/// `epoll_ctl` on that number. Its reports carry an old generation and are ignored.
 #[derive(Default)]
-pub(super) struct FdModes(Vec<FdMode>);
+pub(super) struct FdStates {
+    edges: Vec<Option<EdgeRegistration>>,
+    last_generation: u32,
+}
 
-impl FdModes {
-    fn get(&self, fd: RawFd) -> FdMode {
-        usize::try_from(fd)
-            .ok()
-            .and_then(|i| self.0.get(i).copied())
-            .unwrap_or_default()
+impl FdStates {
+    fn edge(&self, fd: RawFd) -> Option<&EdgeRegistration> {
+        let i = usize::try_from(fd).ok()?;
+        self.edges.get(i)?.as_ref()
     }
 
-    fn set(&mut self, fd: RawFd, mode: FdMode) {
+    fn is_edge(&self, fd: RawFd) -> bool {
+        self.edge(fd).is_some()
+    }
+
+    fn set_edge(&mut self, fd: RawFd, edge: EdgeRegistration) {
         let Ok(i) = usize::try_from(fd) else {
             return;
         };
-        if i >= self.0.len() {
-            if mode == FdMode::Level {
-                return;
-            }
-            self.0.resize(i + 1, FdMode::Level);
+        if i >= self.edges.len() {
+            self.edges.resize_with(i + 1, || None);
         }
-        self.0[i] = mode;
+        self.edges[i] = Some(edge);
     }
 
-    fn take(&mut self, fd: RawFd) -> FdMode {
-        let mode = self.get(fd);
-        if mode != FdMode::Level {
-            self.set(fd, FdMode::Level);
-        }
-        mode
+    /// Makes `fd` level-triggered again; says whether it was edge-triggered (and so is still
+    /// registered, or was until its file closed).
+    fn take(&mut self, fd: RawFd) -> bool {
+        usize::try_from(fd)
+            .ok()
+            .and_then(|i| self.edges.get_mut(i))
+            .and_then(Option::take)
+            .is_some()
+    }
+
+    fn next_generation(&mut self) -> u32 {
+        self.last_generation = self.last_generation.checked_add(1).unwrap_or(1);
+        self.last_generation
+    }
+
+    /// Whether a report with this fd and generation comes from a registration that was since
+    /// replaced: one kept alive by a duplicate of a closed fd, or changed to level-triggered.
+    /// Level-triggered registrations carry generation 0 and are never stale.
+    pub(super) fn is_stale(&self, fd: RawFd, generation: u32) -> bool {
+        generation != 0
+            && self
+                .edge(fd)
+                .is_none_or(|edge| edge.generation != generation)
     }
 }
 
@@ -157,21 +228,22 @@ impl EventLoop {
     ) -> PyResult<Py<Handle>> {
         slf.get().check_closed()?;
         let fd = fd_of(fileobj)?;
-        Self::add_fd_watcher(slf, write, fd, callback, args, false)
+        Self::add_fd_watcher(slf, write, fd, callback, args, None)
     }
 
     /// `add_watcher` for a raw fd, for callers (the `sock_*` coroutines) that already have it.
     ///
-    /// With `oneshot`, a watcher that is the fd's only one is registered for one event (the
-    /// caller removes it with `remove_fd_watcher(.., oneshot: true)` or re-arms it with
-    /// `rearm_fd_watcher`); otherwise, and whenever the fd has other watchers, level-triggered.
+    /// With `sock`, the socket a `sock_*` coroutine waits on, a watcher that is the fd's only one
+    /// is registered edge-triggered (the caller removes it with `remove_fd_watcher(.., true)`,
+    /// which keeps the registration; see `FdStates`); otherwise, and whenever the fd has other
+    /// watchers, level-triggered.
     pub(crate) fn add_fd_watcher(
         slf: &Bound<'_, Self>,
         write: bool,
         fd: RawFd,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
-        oneshot: bool,
+        sock: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let this = slf.get();
         this.check_closed()?;
@@ -188,10 +260,9 @@ impl EventLoop {
             }
             let before = core.interest(fd);
             let previous = core.watchers(write).insert(fd, handle.clone_ref(slf.py()));
-            let synced = if oneshot && before.is_empty() {
-                core.arm_oneshot(fd)
-            } else {
-                core.sync_interest(fd, before)
+            let synced = match sock {
+                Some(sock) if before.is_empty() => core.arm_edge(fd, sock),
+                _ => core.sync_interest(fd, before),
             };
             match synced {
                 Ok(()) => Ok(previous),
@@ -223,13 +294,13 @@ impl EventLoop {
         Self::remove_fd_watcher(slf, write, fd, false)
     }
 
-    /// `remove_watcher` for a raw fd. With `oneshot`, a one-shot registration left without
-    /// watchers is parked (kept, disarmed) instead of deleted, for the fd's next wait.
+    /// `remove_watcher` for a raw fd. With `keep_edge` (a `sock_*` coroutine's wait ending), an
+    /// edge-triggered registration left without watchers is kept for the fd's next wait.
     pub(crate) fn remove_fd_watcher(
         slf: &Bound<'_, Self>,
         write: bool,
         fd: RawFd,
-        oneshot: bool,
+        keep_edge: bool,
     ) -> PyResult<bool> {
         let this = slf.get();
         if this.closed.load(Ordering::Relaxed) {
@@ -241,10 +312,8 @@ impl EventLoop {
             let removed = core.watchers(write).remove(&fd);
             let mut synced = Ok(());
             if removed.is_some() {
-                if oneshot && core.modes.get(fd) == FdMode::Oneshot && core.interest(fd).is_empty()
-                {
-                    core.modes.set(fd, FdMode::Parked);
-                } else {
+                let kept = keep_edge && core.fds.is_edge(fd) && core.interest(fd).is_empty();
+                if !kept {
                     synced = core.sync_interest(fd, before);
                 }
             }
@@ -259,19 +328,5 @@ impl EventLoop {
         drop(handle);
         synced.map_err(|err| os_error(slf.py(), err))?;
         Ok(true)
-    }
-
-    /// Re-arms a one-shot registration whose event woke a watcher that must keep waiting (the
-    /// socket would still block). A level-triggered registration needs nothing.
-    pub(crate) fn rearm_fd_watcher(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<()> {
-        let this = slf.get();
-        let armed = {
-            let mut core = this.core(slf.py());
-            match core.modes.get(fd) {
-                FdMode::Oneshot => core.arm_oneshot(fd),
-                _ => Ok(()),
-            }
-        };
-        armed.map_err(|err| os_error(slf.py(), err))
     }
 }

@@ -127,7 +127,7 @@ impl SockCoroutine {
             fd,
             &callback,
             &PyTuple::empty(py),
-            true,
+            Some(&sock),
         )?;
         this.state = State::Waiting {
             fut: fut.clone().unbind(),
@@ -136,24 +136,15 @@ impl SockCoroutine {
         Ok(Step::Yield(fut.unbind()))
     }
 
-    /// Removes the watcher unless someone else replaced it (asyncio's `_sock_read_done`).
-    /// Puts the watcher back, then re-arms its one-shot registration, for a wait that goes on.
-    /// The watcher is back first, so a failed re-arm never loses track of it.
-    fn keep_waiting(
-        &mut self,
-        py: Python<'_>,
-        watcher: Option<(RawFd, Py<Handle>)>,
-    ) -> PyResult<()> {
-        let fd = watcher.as_ref().map(|(fd, _)| *fd);
+    /// Puts the watcher back, for a wait that goes on. Its registration needs nothing: an
+    /// edge-triggered one reports the next change, a level-triggered one the fd's state.
+    fn keep_waiting(&mut self, watcher: Option<(RawFd, Py<Handle>)>) {
         if let State::Waiting { watcher: slot, .. } = &mut self.state {
             *slot = watcher;
         }
-        match fd {
-            Some(fd) => EventLoop::rearm_fd_watcher(self.loop_.bind(py), fd),
-            None => Ok(()),
-        }
     }
 
+    /// Removes the watcher unless someone else replaced it (asyncio's `_sock_read_done`).
     fn unwatch(&self, py: Python<'_>, watcher: Option<(RawFd, Py<Handle>)>) -> PyResult<()> {
         if let Some((fd, handle)) = watcher {
             if !handle.get().is_cancelled(py) {
@@ -353,8 +344,8 @@ impl SockCoroutine {
     fn _ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         // A step in progress (only if a socket method re-entered the loop) owns the state, and
-        // this wake-up is dropped; with a one-shot registration nothing re-arms it (a known gap
-        // of that re-entrant case).
+        // this wake-up is dropped; an edge-triggered registration reports nothing more until
+        // the socket's state changes again (a known gap of that re-entrant case).
         let Ok(mut this) = slf.try_borrow_mut() else {
             return Ok(());
         };
@@ -369,12 +360,15 @@ impl SockCoroutine {
         let watcher = watcher.take();
         let sock = this.sock.bind(py).clone();
         let outcome = match this.op.attempt(&sock) {
-            // A spurious wake-up: the one-shot registration must be armed again.
-            Ok(Attempt::Blocked(_)) => return this.keep_waiting(py, watcher),
-            // asyncio lets these leave the loop and keeps waiting. A failure to re-arm cannot
-            // replace them; the watcher stays known, so `throw`/`close` still remove it.
+            // A spurious wake-up: wait for the next one.
+            Ok(Attempt::Blocked(_)) => {
+                this.keep_waiting(watcher);
+                return Ok(());
+            }
+            // asyncio lets these leave the loop and keeps waiting; the watcher stays known, so
+            // `throw`/`close` still remove it.
             Err(err) if is_exit(py, &err) => {
-                let _ = this.keep_waiting(py, watcher);
+                this.keep_waiting(watcher);
                 return Err(err);
             }
             other => other,
