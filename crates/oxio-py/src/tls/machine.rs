@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyMemoryView, PySlice, PyString};
 
 use super::records::{read_into, read_records, read_sized, readable, Decrypted, ReadInto};
-use super::{bio_pending, AppState, TlsProtocol, TlsState};
+use super::{bio, AppState, TlsProtocol, TlsState};
 use crate::errors::is_exit;
 use crate::stdlib;
 use crate::transport::{self, protocol_of, with_bytes, WriteCore, READ_SIZE};
@@ -342,7 +342,7 @@ impl TlsProtocol {
         let py = slf.py();
         let outgoing = Self::outgoing(slf);
         // An empty BIO would give `b""`, which asyncio does not pass on either.
-        if bio_pending(&outgoing) > 0 && !slf.borrow().ssl_writing_paused {
+        if bio::pending(&outgoing) > 0 && !slf.borrow().ssl_writing_paused {
             let data = outgoing.call_method0(intern!(py, "read"))?;
             if let Some(transport) = Self::transport(slf) {
                 transport.call_method1(intern!(py, "write"), (data,))?;
@@ -417,7 +417,7 @@ impl TlsProtocol {
         let Some(protocol) = Self::app_protocol(slf) else {
             return Ok(());
         };
-        let hint = bio_pending(&Self::incoming(slf));
+        let hint = bio::pending(&Self::incoming(slf));
         let buffer = protocol.call_method1(intern!(py, "get_buffer"), (hint,))?;
         let view = PyMemoryView::from(&buffer)?;
         let wants = view.len()?;
@@ -498,7 +498,7 @@ impl TlsProtocol {
     /// high-water mark of ciphertext (the app paused reading, so nothing drains it).
     pub(super) fn control_ssl_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let size = bio_pending(&Self::incoming(slf));
+        let size = bio::pending(&Self::incoming(slf));
         let method = {
             let mut this = slf.borrow_mut();
             let (low, high) = this.read_flow.limits();

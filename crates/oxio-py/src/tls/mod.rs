@@ -8,6 +8,7 @@
 //! plaintext arrives in `write` and leaves through the app protocol's `data_received` or
 //! `buffer_updated`. The state machine itself is in `machine.rs`. See docs/design.md, "TLS".
 
+mod bio;
 mod machine;
 mod records;
 
@@ -151,7 +152,7 @@ impl WriteCore for TlsProtocol {
     }
 
     fn write_buffer_size(&self) -> usize {
-        Python::attach(|py| self.backlog_size + bio_pending(self.ssl.outgoing.bind(py)))
+        Python::attach(|py| self.backlog_size + bio::pending(self.ssl.outgoing.bind(py)))
     }
 }
 
@@ -169,14 +170,6 @@ fn record_layer<'py>(sslobj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> 
         }
     }
     Ok(sslobj.clone())
-}
-
-/// Bytes waiting in a `MemoryBIO`.
-fn bio_pending(bio: &Bound<'_, PyAny>) -> usize {
-    // `MemoryBIO.pending` is a plain integer attribute that cannot fail on a live BIO.
-    bio.getattr(intern!(bio.py(), "pending"))
-        .and_then(|n| n.extract())
-        .unwrap_or(0)
 }
 
 /// A handshake or shutdown timeout: a positive number, or asyncio's constant when `None`.
@@ -534,7 +527,7 @@ impl TlsProtocol {
     }
 
     fn get_read_buffer_size(slf: &Bound<'_, Self>) -> usize {
-        bio_pending(&Self::incoming(slf))
+        bio::pending(&Self::incoming(slf))
     }
 
     /// TLS keys first, then the plain transport's (`peername`, `socket`...).

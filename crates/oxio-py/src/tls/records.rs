@@ -10,7 +10,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use super::bio_pending;
+use super::bio;
 use super::machine::{join, ssl_call, Ssl};
 use crate::transport::READ_SIZE;
 
@@ -183,7 +183,7 @@ pub(super) fn readable(
     incoming: &Bound<'_, PyAny>,
     drained: bool,
 ) -> PyResult<usize> {
-    let waiting = bio_pending(incoming);
+    let waiting = bio::pending(incoming);
     if waiting > 0 || drained {
         return Ok(waiting);
     }
