@@ -413,25 +413,36 @@ def test_unread_data_after_a_wait_does_not_spin_the_loop(run, loop):
     b.close()
 
 
+async def _receive_after_a_wait(loop, reader, writer, data):
+    """`sock_recv` on `reader` once it waits (so the loop registered its fd), then `data`."""
+    receiving = asyncio.ensure_future(loop.sock_recv(reader, 10))
+    await asyncio.sleep(0)
+    writer.send(data)
+    assert await receiving == data
+
+
+def _pair_reusing(number):
+    """A socketpair one of whose ends got fd `number`: that end (the reader), then the other."""
+    c, d = socketpair()
+    if number not in (c.fileno(), d.fileno()):  # the tests are about a reused number
+        c.close()
+        d.close()
+        raise AssertionError(f"fd {number} was not reused")
+    return (c, d) if c.fileno() == number else (d, c)
+
+
 def test_fd_number_reused_after_close(run, loop):
     a, b = socketpair()
 
     async def main():
-        receiving = asyncio.ensure_future(loop.sock_recv(a, 10))
-        await asyncio.sleep(0)
-        b.send(b"first")
-        assert await receiving == b"first"
+        await _receive_after_a_wait(loop, a, b, b"first")
         old = a.fileno()
         a.close()
         b.close()
-        c, d = socketpair()
+        c, d = _pair_reusing(old)
         try:
-            assert old in (c.fileno(), d.fileno())  # the test is about a reused number
             for reader, writer in ((c, d), (d, c)):
-                receiving = asyncio.ensure_future(loop.sock_recv(reader, 10))
-                await asyncio.sleep(0)
-                writer.send(b"second")
-                assert await receiving == b"second"
+                await _receive_after_a_wait(loop, reader, writer, b"second")
             fut = loop.create_future()
             loop.add_reader(c, fut.set_result, "readable")
             d.send(b"x")
@@ -448,27 +459,19 @@ def test_fd_closed_while_a_duplicate_lives(run, loop):
     a, b = socketpair()
 
     async def main():
-        receiving = asyncio.ensure_future(loop.sock_recv(a, 10))
-        await asyncio.sleep(0)
-        b.send(b"one")
-        assert await receiving == b"one"
+        await _receive_after_a_wait(loop, a, b, b"one")
         old = a.fileno()
         dup = a.dup()  # keeps the open file (and any registration of it) alive
         a.close()
         try:
             b.send(b"unread")  # readable, through a number the loop no longer knows
             assert await _cpu_while_idle() < 0.05
-            c, d = socketpair()
+            reader, writer = _pair_reusing(old)
             try:
-                assert old in (c.fileno(), d.fileno())
-                reader, writer = (c, d) if c.fileno() == old else (d, c)
-                receiving = asyncio.ensure_future(loop.sock_recv(reader, 10))
-                await asyncio.sleep(0)
-                writer.send(b"new")
-                assert await receiving == b"new"
+                await _receive_after_a_wait(loop, reader, writer, b"new")
             finally:
-                c.close()
-                d.close()
+                reader.close()
+                writer.close()
         finally:
             dup.close()
 
@@ -480,17 +483,12 @@ def test_a_closed_fds_duplicate_never_wakes_the_new_owner_of_its_number(run, loo
     a, b = socketpair()
 
     async def main():
-        receiving = asyncio.ensure_future(loop.sock_recv(a, 10))
-        await asyncio.sleep(0)
-        b.send(b"one")
-        assert await receiving == b"one"
+        await _receive_after_a_wait(loop, a, b, b"one")
         old = a.fileno()
         dup = a.dup()  # the old file, and whatever the loop registered for it, lives on
         a.close()
-        c, d = socketpair()
+        reader, writer = _pair_reusing(old)
         try:
-            assert old in (c.fileno(), d.fileno())
-            reader, writer = (c, d) if c.fileno() == old else (d, c)
             calls = []
             loop.add_reader(reader, calls.append, "new")
             for _ in range(3):  # traffic on the old file only
@@ -504,8 +502,8 @@ def test_a_closed_fds_duplicate_never_wakes_the_new_owner_of_its_number(run, loo
             assert dup.recv(100) == b"oldoldold"
             return calls[0]
         finally:
-            c.close()
-            d.close()
+            reader.close()
+            writer.close()
             dup.close()
 
     assert run(main()) == "new"
@@ -538,10 +536,7 @@ def test_add_reader_after_a_sock_wait(run, loop):
     a, b = socketpair()
 
     async def main():
-        receiving = asyncio.ensure_future(loop.sock_recv(a, 10))
-        await asyncio.sleep(0)
-        b.send(b"data")
-        assert await receiving == b"data"
+        await _receive_after_a_wait(loop, a, b, b"data")
         calls = []
         loop.add_reader(a, lambda: calls.append(a.recv(1)))
         b.send(b"xy")
