@@ -2,12 +2,16 @@
 errors, and the sockets whose own methods must be called (subclasses, patched classes)."""
 
 import asyncio
+import contextlib
 import errno
+import gc
 import itertools
 import random
+import resource
 import socket
 import ssl
 import struct
+import threading
 import time
 from unittest import mock
 
@@ -530,6 +534,95 @@ def test_one_socket_waits_to_read_then_to_write_then_to_read(run, loop):
     run(main())
     a.close()
     b.close()
+
+
+def test_a_socket_served_elsewhere_after_a_wait_does_not_keep_waking_the_loop(run, loop):
+    a, b = socketpair()
+
+    def feed():
+        for _ in range(200):
+            b.send(b"x")
+            time.sleep(0.001)
+
+    async def main():
+        await _receive_after_a_wait(loop, a, b, b"one")
+        # From now on `a` is nobody's business on this loop (another thread or process would
+        # read it); the loop sleeps while data keeps arriving for it.
+        feeder = threading.Thread(target=feed)
+        before = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
+        feeder.start()
+        await asyncio.sleep(0.3)
+        woken = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw - before
+        feeder.join()
+        return woken
+
+    assert run(main()) < 50  # one wake-up per arrival would be about 200
+    a.close()
+    b.close()
+
+
+def test_sendall_through_a_socket_whose_send_takes_part_of_the_data(run, loop):
+    class Chunked(socket.socket):
+        def send(self, data, flags=0):
+            return super().send(data[:4096], flags)
+
+    client, server = tcp_pair()
+    chunked = Chunked(client.family, client.type, fileno=client.detach())
+    chunked.setblocking(False)
+    payload = b"c" * 100_000
+
+    async def main():
+        await asyncio.wait_for(loop.sock_sendall(chunked, payload), 5)
+        received = bytearray()
+        while len(received) < len(payload):
+            received += await asyncio.wait_for(loop.sock_recv(server, 1 << 16), 5)
+        return bytes(received)
+
+    assert run(main()) == payload
+    chunked.close()
+    server.close()
+
+
+def test_finalizers_run_by_a_collection_during_a_wait_may_call_the_loop(run, loop):
+    # Registering a wait may allocate, and so collect garbage: an abandoned async generator's
+    # finalizer then calls `call_soon_threadsafe` on this very loop.
+    async def agen():
+        yield 1
+
+    def abandon_in_a_cycle(phase, info):
+        if phase == "stop":
+            generator = agen()
+            cycle = [generator]
+            cycle.append(cycle)
+            with contextlib.suppress(StopIteration):
+                generator.asend(None).send(None)
+
+    async def main():
+        received = []
+        threshold = gc.get_threshold()
+        for collect_every in range(1, 8):
+            a, b = socketpair()
+            gc.callbacks.append(abandon_in_a_cycle)
+            gc.set_threshold(collect_every)
+            try:
+                receiving = asyncio.ensure_future(loop.sock_recv(a, 10))
+                await asyncio.sleep(0)
+            finally:
+                gc.set_threshold(*threshold)
+                gc.callbacks.remove(abandon_in_a_cycle)
+            b.send(b"x")
+            received.append(await asyncio.wait_for(receiving, 5))
+            a.close()
+            b.close()
+        gc.collect()
+        for _ in range(3):
+            await asyncio.sleep(0.01)
+        return received
+
+    unraisable = []
+    with mock.patch("sys.unraisablehook", unraisable.append):
+        assert run(main()) == [b"x"] * 7
+    assert unraisable == []
 
 
 def test_add_reader_after_a_sock_wait(run, loop):

@@ -27,6 +27,7 @@ use scheduling::CallArgs;
 
 pub(crate) use raw_methods::install as install_raw_methods;
 pub(crate) use ready::learn_c_asyncio_keywords;
+pub(crate) use watchers::SockWait;
 
 mod iteration;
 mod raw_methods;

@@ -135,6 +135,7 @@ impl EventLoop {
             if core.fds.is_stale(fd, generation) {
                 continue;
             }
+            let mut watched = false;
             for (write, fired) in [(false, event.readable), (true, event.writable)] {
                 if !fired {
                     continue;
@@ -142,6 +143,7 @@ impl EventLoop {
                 let Some(handle) = core.watchers(write).get(&fd) else {
                     continue;
                 };
+                watched = true;
                 if handle.get().is_cancelled(py) {
                     let before = core.interest(fd);
                     if let Some(old) = core.watchers(write).remove(&fd) {
@@ -158,6 +160,9 @@ impl EventLoop {
                     let handle = handle.clone_ref(py);
                     ready::push(&mut core.ready, || Ready::Handle(handle));
                 }
+            }
+            if !watched && core.fds.is_edge(fd) {
+                core.forget_idle_edge(fd);
             }
         }
     }

@@ -32,7 +32,7 @@ impl Core {
     /// Tells the poller about a change of `fd`'s interest from `before` to the current one.
     ///
     /// Any such change makes the registration level-triggered again, including one that
-    /// `sock_*` coroutines left edge-triggered (see `FdState`).
+    /// `sock_*` coroutines left edge-triggered (see `FdStates`).
     pub(super) fn sync_interest(&mut self, fd: RawFd, before: Interest) -> io::Result<()> {
         let edge = self.fds.take(fd);
         let Some(poller) = &self.poller else {
@@ -59,16 +59,23 @@ impl Core {
         }
     }
 
-    /// Registers `fd` edge-triggered for the wait of a `sock_*` coroutine on `sock` (the fd's
-    /// only watcher). A registration that an earlier wait on the same socket object left is
-    /// used as it is: no system call at all when it already watches the same direction.
-    fn arm_edge(&mut self, fd: RawFd, sock: &Bound<'_, PyAny>) -> io::Result<()> {
+    /// Registers `fd` edge-triggered for the wait of a `sock_*` coroutine (the fd's only
+    /// watcher). A registration that an earlier wait through the same socket object left is used
+    /// as it is: no system call at all when it already watches the same direction and the
+    /// kernel itself said the socket would block, so that its next change of state is what the
+    /// wait needs. Otherwise a MOD (or an ADD) makes the kernel check the fd's present state.
+    fn arm_edge(&mut self, fd: RawFd, wait: &SockWait<'_>) -> io::Result<()> {
         let Some(poller) = &self.poller else {
             return Ok(());
         };
         let now = self.interest(fd);
         let kept = match self.fds.edge(fd) {
-            Some(edge) if edge.is_owned_by(sock) && edge.interest == now => return Ok(()),
+            Some(edge) if edge.is_owned_by(&wait.owner) && edge.interest == now => {
+                if wait.kernel_said_blocked {
+                    return Ok(());
+                }
+                true
+            }
             Some(_) => true,
             None => false,
         };
@@ -94,8 +101,7 @@ impl Core {
                 other => other,
             }
         }?;
-        // A socket that refuses weak references is never recognised, and pays one MOD per wait.
-        let owner = PyWeakrefReference::new(sock).ok().map(Bound::unbind);
+        let owner = wait.owner.as_ref().map(|owner| owner.clone().unbind());
         self.fds.set_edge(
             fd,
             EdgeRegistration {
@@ -105,6 +111,37 @@ impl Core {
             },
         );
         Ok(())
+    }
+
+    /// Unregisters a kept edge-triggered registration that reported while no coroutine waited:
+    /// the socket is now read or written elsewhere (another thread, loop or process), and every
+    /// arrival would wake this loop for nothing. The next wait registers it again.
+    pub(super) fn forget_idle_edge(&mut self, fd: RawFd) {
+        if self.fds.take(fd) {
+            if let Some(poller) = &self.poller {
+                // A closed fd cannot be unregistered: see `FdStates`.
+                let _ = poller.delete(fd);
+            }
+        }
+    }
+}
+
+/// A `sock_*` coroutine's wait on a socket.
+pub(crate) struct SockWait<'py> {
+    /// A weak reference to the socket object, made before the loop's state is locked (making
+    /// it may collect garbage, which runs Python code), or `None` if it refuses them.
+    owner: Option<Bound<'py, PyWeakrefReference>>,
+    /// Whether the socket would block by the kernel's own word (EAGAIN from the loop's system
+    /// call), rather than by a method's (`BlockingIOError`, or part of the data sent).
+    kernel_said_blocked: bool,
+}
+
+impl<'py> SockWait<'py> {
+    pub(crate) fn new(sock: &Bound<'py, PyAny>, kernel_said_blocked: bool) -> Self {
+        Self {
+            owner: PyWeakrefReference::new(sock).ok(),
+            kernel_said_blocked,
+        }
     }
 }
 
@@ -144,11 +181,11 @@ pub(super) struct EdgeRegistration {
 }
 
 impl EdgeRegistration {
-    fn is_owned_by(&self, sock: &Bound<'_, PyAny>) -> bool {
-        self.owner
-            .as_ref()
-            .and_then(|owner| owner.bind(sock.py()).upgrade())
-            .is_some_and(|owner| owner.is(sock))
+    /// Whether `owner`, a weak reference just made to a wait's socket, is the one kept: CPython
+    /// hands out one plain weak reference per living object, and the one kept, alive as long
+    /// as it is kept, can be no other object's.
+    fn is_owned_by(&self, owner: &Option<Bound<'_, PyWeakrefReference>>) -> bool {
+        matches!((&self.owner, owner), (Some(kept), Some(owner)) if kept.is(owner))
     }
 }
 
@@ -159,13 +196,18 @@ impl EdgeRegistration {
 /// directions they watch, and unregistered when it has none (the `add_reader`/`add_writer`
 /// contract). An fd whose only watcher is a `sock_*` coroutine's is registered edge-triggered
 /// instead, and stays registered when the wait ends: the next wait on the same socket needs
-/// no system call, and without a waiter the registration reports only new data (at most one
-/// report per arrival, ignored by dispatch), never a busy poll. Any `add_reader`/`add_writer`,
-/// removal or second watcher on the fd makes it level-triggered again.
+/// no system call. An edge-triggered registration reports each arrival once, never a state
+/// that lasts, so one left without a waiter never makes the poll spin; the first report that
+/// finds no waiter unregisters it (`Core::forget_idle_edge`), since the socket is then served
+/// elsewhere. Any `add_reader`/`add_writer`, removal or second watcher on the fd makes it
+/// level-triggered again.
 ///
 /// When a registered fd is closed, the kernel drops the registration with the file, unless a
-/// duplicate keeps the file open: then it lives on under the old fd number, unreachable by
-/// `epoll_ctl` on that number. Its reports carry an old generation and are ignored.
+/// duplicate keeps the file open (a `dup`, a child process): then it lives on under the old fd
+/// number, unreachable by `epoll_ctl` on that number, and wakes the poll at each arrival until
+/// the last duplicate closes. Once the fd's entry here has changed (forgotten, or replaced by
+/// a registration of the number's new file), its reports carry a generation that is no longer
+/// the fd's and are ignored.
 #[derive(Default)]
 pub(super) struct FdStates {
     edges: Vec<Option<EdgeRegistration>>,
@@ -178,7 +220,7 @@ impl FdStates {
         self.edges.get(i)?.as_ref()
     }
 
-    fn is_edge(&self, fd: RawFd) -> bool {
+    pub(super) fn is_edge(&self, fd: RawFd) -> bool {
         self.edge(fd).is_some()
     }
 
@@ -233,17 +275,17 @@ impl EventLoop {
 
     /// `add_watcher` for a raw fd, for callers (the `sock_*` coroutines) that already have it.
     ///
-    /// With `sock`, the socket a `sock_*` coroutine waits on, a watcher that is the fd's only one
-    /// is registered edge-triggered (the caller removes it with `remove_fd_watcher(.., true)`,
-    /// which keeps the registration; see `FdStates`); otherwise, and whenever the fd has other
-    /// watchers, level-triggered.
+    /// With `wait`, a `sock_*` coroutine's, a watcher that is the fd's only one is registered
+    /// edge-triggered (the caller removes it with `remove_fd_watcher(.., true)`, which keeps the
+    /// registration; see `FdStates`); otherwise, and whenever the fd has other watchers,
+    /// level-triggered.
     pub(crate) fn add_fd_watcher(
         slf: &Bound<'_, Self>,
         write: bool,
         fd: RawFd,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
-        sock: Option<&Bound<'_, PyAny>>,
+        wait: Option<&SockWait<'_>>,
     ) -> PyResult<Py<Handle>> {
         let this = slf.get();
         this.check_closed()?;
@@ -260,8 +302,8 @@ impl EventLoop {
             }
             let before = core.interest(fd);
             let previous = core.watchers(write).insert(fd, handle.clone_ref(slf.py()));
-            let synced = match sock {
-                Some(sock) if before.is_empty() => core.arm_edge(fd, sock),
+            let synced = match wait {
+                Some(wait) if before.is_empty() => core.arm_edge(fd, wait),
                 _ => core.sync_interest(fd, before),
             };
             match synced {
@@ -328,5 +370,25 @@ impl EventLoop {
         drop(handle);
         synced.map_err(|err| os_error(slf.py(), err))?;
         Ok(true)
+    }
+
+    /// Makes the kernel check `fd`'s present state for a `sock_*` coroutine's watcher whose wait
+    /// goes on after a method said the socket would block: an edge-triggered registration
+    /// might otherwise wait for a change that never comes. A level-triggered one needs nothing.
+    pub(crate) fn recheck_fd_watcher(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        wait: &SockWait<'_>,
+    ) -> PyResult<()> {
+        let this = slf.get();
+        let armed = {
+            let mut core = this.core(slf.py());
+            if core.fds.is_edge(fd) {
+                core.arm_edge(fd, wait)
+            } else {
+                Ok(())
+            }
+        };
+        armed.map_err(|err| os_error(slf.py(), err))
     }
 }

@@ -25,7 +25,7 @@ use ops::Attempt;
 pub(crate) use ops::Op;
 
 use crate::errors::is_exit;
-use crate::event_loop::EventLoop;
+use crate::event_loop::{EventLoop, SockWait};
 use crate::handle::Handle;
 use crate::{stdlib, tasks};
 
@@ -110,10 +110,10 @@ impl SockCoroutine {
         let loop_ = this.loop_.bind(py).clone();
         let sock = this.sock.bind(py).clone();
         check_sock(&loop_, &sock)?;
-        let fd = match this.op.attempt(&sock)? {
+        let (fd, kernel_said_blocked) = match this.op.attempt(&sock)? {
             Attempt::Done(value) => return Ok(Step::Return(value)),
-            Attempt::Blocked(Some(fd)) => fd,
-            Attempt::Blocked(None) => sock.call_method0(intern!(py, "fileno"))?.extract()?,
+            Attempt::Blocked(Some(fd)) => (fd, true),
+            Attempt::Blocked(None) => (sock.call_method0(intern!(py, "fileno"))?.extract()?, false),
         };
         ensure_fd_no_transport(&loop_, fd)?;
         let fut = tasks::new_future(&loop_)?;
@@ -127,7 +127,7 @@ impl SockCoroutine {
             fd,
             &callback,
             &PyTuple::empty(py),
-            Some(&sock),
+            Some(&SockWait::new(&sock, kernel_said_blocked)),
         )?;
         this.state = State::Waiting {
             fut: fut.clone().unbind(),
@@ -136,11 +136,27 @@ impl SockCoroutine {
         Ok(Step::Yield(fut.unbind()))
     }
 
-    /// Puts the watcher back, for a wait that goes on. Its registration needs nothing: an
-    /// edge-triggered one reports the next change, a level-triggered one the fd's state.
-    fn keep_waiting(&mut self, watcher: Option<(RawFd, Py<Handle>)>) {
+    /// Puts the watcher back, for a wait that goes on. When the kernel itself said the socket
+    /// would block, its registration needs nothing (an edge-triggered one reports the next
+    /// change, a level-triggered one the fd's state); otherwise the kernel checks the fd's
+    /// present state again. The watcher is back first, so a failed check never loses it.
+    fn keep_waiting(
+        &mut self,
+        sock: &Bound<'_, PyAny>,
+        watcher: Option<(RawFd, Py<Handle>)>,
+        kernel_said_blocked: bool,
+    ) -> PyResult<()> {
+        let fd = watcher.as_ref().map(|(fd, _)| *fd);
         if let State::Waiting { watcher: slot, .. } = &mut self.state {
             *slot = watcher;
+        }
+        match fd {
+            Some(fd) if !kernel_said_blocked => EventLoop::recheck_fd_watcher(
+                self.loop_.bind(sock.py()),
+                fd,
+                &SockWait::new(sock, false),
+            ),
+            _ => Ok(()),
         }
     }
 
@@ -360,15 +376,12 @@ impl SockCoroutine {
         let watcher = watcher.take();
         let sock = this.sock.bind(py).clone();
         let outcome = match this.op.attempt(&sock) {
-            // A spurious wake-up: wait for the next one.
-            Ok(Attempt::Blocked(_)) => {
-                this.keep_waiting(watcher);
-                return Ok(());
-            }
-            // asyncio lets these leave the loop and keeps waiting; the watcher stays known, so
-            // `throw`/`close` still remove it.
+            // A spurious wake-up, or a step of progress (part of the data sent): wait on.
+            Ok(Attempt::Blocked(fd)) => return this.keep_waiting(&sock, watcher, fd.is_some()),
+            // asyncio lets these leave the loop and keeps waiting. A failed check cannot replace
+            // them; the watcher stays known, so `throw`/`close` still remove it.
             Err(err) if is_exit(py, &err) => {
-                this.keep_waiting(watcher);
+                let _ = this.keep_waiting(&sock, watcher, false);
                 return Err(err);
             }
             other => other,

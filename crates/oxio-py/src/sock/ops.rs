@@ -52,7 +52,10 @@ pub(crate) enum Op {
 /// The outcome of an attempt that raised nothing.
 pub(crate) enum Attempt {
     Done(Py<PyAny>),
-    /// The socket would block; the fd when the attempt already knew it.
+    /// The socket would block. With its fd when the kernel said so (EAGAIN from the loop's own
+    /// system call), so that its next change of state is worth waiting for; `None` when a
+    /// method said so (`BlockingIOError`, or part of the data sent), which the fd's present
+    /// state must confirm.
     Blocked(Option<RawFd>),
 }
 
@@ -236,6 +239,13 @@ fn with_contiguous<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> Op
     buffer::with_contiguous(data, f).ok()?.ok()
 }
 
+/// How the loop's own sends of what is left ended.
+enum SendOutcome {
+    Done,
+    WouldBlock,
+    Stalled,
+}
+
 /// One step of `sock_sendall`: send what is left; done once every byte is sent.
 fn send_all(
     sock: &Bound<'_, PyAny>,
@@ -247,20 +257,29 @@ fn send_all(
     let name = intern!(py, "send");
     let target = view.as_ref().unwrap_or(data).bind(py);
     if let Some(fd) = plain_socket_fd(sock, name, &NATIVE_SEND)? {
-        let start = *sent;
-        let outcome = with_contiguous(target, |bytes| {
-            let rest = bytes.get(start..).unwrap_or_default();
-            (send_nowait(fd, rest), rest.len())
-        });
-        if let Some((result, left)) = outcome {
-            match result {
-                Ok(n) if n == left => return Ok(Attempt::Done(py.None())),
+        // Sent until done or EAGAIN: a short count alone does not promise that the socket
+        // will report being writable again.
+        let outcome = with_contiguous(target, |bytes| loop {
+            let rest = bytes.get(*sent..).unwrap_or_default();
+            match send_nowait(fd, rest) {
+                Ok(n) if n == rest.len() => break Ok(SendOutcome::Done),
+                // Nothing taken, no EAGAIN: not seen on sockets, and not a reason to spin here.
+                Ok(0) => break Ok(SendOutcome::Stalled),
                 Ok(n) => *sent += n,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(err) => return Err(os_error(py, err)),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    break Ok(SendOutcome::WouldBlock)
+                }
+                Err(err) => break Err(err),
             }
+        });
+        if let Some(result) = outcome {
+            let blocked = match result.map_err(|err| os_error(py, err))? {
+                SendOutcome::Done => return Ok(Attempt::Done(py.None())),
+                SendOutcome::WouldBlock => Attempt::Blocked(Some(fd)),
+                SendOutcome::Stalled => Attempt::Blocked(None),
+            };
             pin_view(py, data, view)?;
-            return Ok(Attempt::Blocked(Some(fd)));
+            return Ok(blocked);
         }
     }
     // The socket's own `send`, as asyncio calls it: the data itself first, then slices of it.
