@@ -114,8 +114,8 @@ impl Poller {
     }
 
     /// Starts watching `fd` edge-triggered (`EPOLLET`): reported at each change of its state
-    /// (each arrival of data, each release of send space), not while it stays ready, so a
-    /// registration kept without a waiter never makes the poll spin.
+    /// (an arrival of data, send space crossing the socket's wake-up threshold), not while it
+    /// stays ready, so a registration kept without a waiter never makes the poll spin.
     pub fn add_edge(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
         let bits = interest.epoll_bits() | libc::EPOLLET as u32;
         self.ctl_bits(libc::EPOLL_CTL_ADD, fd, token, bits)

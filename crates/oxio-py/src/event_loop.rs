@@ -52,7 +52,8 @@ const UNTRACKED_READY_LENGTH: usize = 256;
 ///
 /// Invariant: no Python code runs while the lock is held, and no Python object is dropped under
 /// it (a `__del__` could call back into the loop, and find it locked). Objects leave the lock
-/// first.
+/// first. The one exception is the weak references of `fds`, which have no callback: releasing
+/// one runs no Python code.
 struct Core {
     ready: VecDeque<Ready>,
     timers: TimerHeap<Py<TimerHandle>>,

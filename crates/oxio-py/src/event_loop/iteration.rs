@@ -162,7 +162,7 @@ impl EventLoop {
                 }
             }
             if !watched && core.fds.is_edge(fd) {
-                core.forget_idle_edge(fd);
+                core.note_idle_edge(fd);
             }
         }
     }

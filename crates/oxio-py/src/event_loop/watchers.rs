@@ -69,9 +69,10 @@ impl Core {
             return Ok(());
         };
         let now = self.interest(fd);
-        let kept = match self.fds.edge(fd) {
+        let kept = match self.fds.edge_mut(fd) {
             Some(edge) if edge.is_owned_by(&wait.owner) && edge.interest == now => {
                 if wait.kernel_said_blocked {
+                    edge.idle_reported = false;
                     return Ok(());
                 }
                 true
@@ -108,16 +109,23 @@ impl Core {
                 interest: now,
                 generation,
                 owner,
+                idle_reported: false,
             },
         );
         Ok(())
     }
 
-    /// Unregisters a kept edge-triggered registration that reported while no coroutine waited:
-    /// the socket is now read or written elsewhere (another thread, loop or process), and every
-    /// arrival would wake this loop for nothing. The next wait registers it again.
-    pub(super) fn forget_idle_edge(&mut self, fd: RawFd) {
-        if self.fds.take(fd) {
+    /// Notes that `fd`'s kept edge-triggered registration reported while no coroutine waited.
+    /// Once is ordinary: data arrived between two waits, or send space came back after one.
+    /// Twice with no wait in between, the socket is read or written elsewhere (another thread,
+    /// loop or process) and each arrival would wake this loop for nothing: the registration is
+    /// deleted, and the socket's next wait adds it again.
+    pub(super) fn note_idle_edge(&mut self, fd: RawFd) {
+        let twice = self
+            .fds
+            .edge_mut(fd)
+            .is_some_and(|edge| std::mem::replace(&mut edge.idle_reported, true));
+        if twice && self.fds.take(fd) {
             if let Some(poller) = &self.poller {
                 // A closed fd cannot be unregistered: see `FdStates`.
                 let _ = poller.delete(fd);
@@ -129,7 +137,8 @@ impl Core {
 /// A `sock_*` coroutine's wait on a socket.
 pub(crate) struct SockWait<'py> {
     /// A weak reference to the socket object, made before the loop's state is locked (making
-    /// it may collect garbage, which runs Python code), or `None` if it refuses them.
+    /// it may collect garbage, which runs Python code), or `None` if it refuses them. Dropped
+    /// under the lock, it runs no Python code: it has no callback.
     owner: Option<Bound<'py, PyWeakrefReference>>,
     /// Whether the socket would block by the kernel's own word (EAGAIN from the loop's system
     /// call), rather than by a method's (`BlockingIOError`, or part of the data sent).
@@ -178,6 +187,8 @@ pub(super) struct EdgeRegistration {
     /// itself), so its next wait may trust the registration. Any other object may hold a
     /// new file under a reused number: its wait asks the kernel.
     owner: Option<Py<PyWeakrefReference>>,
+    /// Whether it reported with no coroutine waiting since the last wait (`note_idle_edge`).
+    idle_reported: bool,
 }
 
 impl EdgeRegistration {
@@ -196,11 +207,12 @@ impl EdgeRegistration {
 /// directions they watch, and unregistered when it has none (the `add_reader`/`add_writer`
 /// contract). An fd whose only watcher is a `sock_*` coroutine's is registered edge-triggered
 /// instead, and stays registered when the wait ends: the next wait on the same socket needs
-/// no system call. An edge-triggered registration reports each arrival once, never a state
-/// that lasts, so one left without a waiter never makes the poll spin; the first report that
-/// finds no waiter unregisters it (`Core::forget_idle_edge`), since the socket is then served
-/// elsewhere. Any `add_reader`/`add_writer`, removal or second watcher on the fd makes it
-/// level-triggered again.
+/// no system call when the kernel said the socket would block (`arm_edge`). An
+/// edge-triggered registration reports changes (an arrival, send space crossing the socket's
+/// wake-up threshold), never a state that lasts, so one left without a waiter never makes the
+/// poll spin; the second report in a row that finds no waiter unregisters it
+/// (`Core::note_idle_edge`). Any `add_reader`/`add_writer`, removal or second watcher on the
+/// fd makes it level-triggered again.
 ///
 /// When a registered fd is closed, the kernel drops the registration with the file, unless a
 /// duplicate keeps the file open (a `dup`, a child process): then it lives on under the old fd
@@ -218,6 +230,11 @@ impl FdStates {
     fn edge(&self, fd: RawFd) -> Option<&EdgeRegistration> {
         let i = usize::try_from(fd).ok()?;
         self.edges.get(i)?.as_ref()
+    }
+
+    fn edge_mut(&mut self, fd: RawFd) -> Option<&mut EdgeRegistration> {
+        let i = usize::try_from(fd).ok()?;
+        self.edges.get_mut(i)?.as_mut()
     }
 
     pub(super) fn is_edge(&self, fd: RawFd) -> bool {

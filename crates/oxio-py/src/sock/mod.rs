@@ -112,8 +112,9 @@ impl SockCoroutine {
         check_sock(&loop_, &sock)?;
         let (fd, kernel_said_blocked) = match this.op.attempt(&sock)? {
             Attempt::Done(value) => return Ok(Step::Return(value)),
-            Attempt::Blocked(Some(fd)) => (fd, true),
-            Attempt::Blocked(None) => (sock.call_method0(intern!(py, "fileno"))?.extract()?, false),
+            Attempt::WouldBlock(fd) => (fd, true),
+            Attempt::Pending(Some(fd)) => (fd, false),
+            Attempt::Pending(None) => (sock.call_method0(intern!(py, "fileno"))?.extract()?, false),
         };
         ensure_fd_no_transport(&loop_, fd)?;
         let fut = tasks::new_future(&loop_)?;
@@ -377,7 +378,8 @@ impl SockCoroutine {
         let sock = this.sock.bind(py).clone();
         let outcome = match this.op.attempt(&sock) {
             // A spurious wake-up, or a step of progress (part of the data sent): wait on.
-            Ok(Attempt::Blocked(fd)) => return this.keep_waiting(&sock, watcher, fd.is_some()),
+            Ok(Attempt::WouldBlock(_)) => return this.keep_waiting(&sock, watcher, true),
+            Ok(Attempt::Pending(_)) => return this.keep_waiting(&sock, watcher, false),
             // asyncio lets these leave the loop and keeps waiting. A failed check cannot replace
             // them; the watcher stays known, so `throw`/`close` still remove it.
             Err(err) if is_exit(py, &err) => {
@@ -390,7 +392,7 @@ impl SockCoroutine {
         drop(this);
         match outcome {
             Ok(Attempt::Done(value)) => fut.call_method1(intern!(py, "set_result"), (value,))?,
-            Ok(Attempt::Blocked(_)) => unreachable!("handled above"),
+            Ok(Attempt::WouldBlock(_) | Attempt::Pending(_)) => unreachable!("handled above"),
             Err(err) => fut.call_method1(intern!(py, "set_exception"), (err.into_value(py),))?,
         };
         Ok(())

@@ -52,11 +52,13 @@ pub(crate) enum Op {
 /// The outcome of an attempt that raised nothing.
 pub(crate) enum Attempt {
     Done(Py<PyAny>),
-    /// The socket would block. With its fd when the kernel said so (EAGAIN from the loop's own
-    /// system call), so that its next change of state is worth waiting for; `None` when a
-    /// method said so (`BlockingIOError`, or part of the data sent), which the fd's present
-    /// state must confirm.
-    Blocked(Option<RawFd>),
+    /// The kernel said the socket would block (EAGAIN from the loop's own system call on this
+    /// fd, or a short count from its own `send`): its next change of state is worth waiting for.
+    WouldBlock(RawFd),
+    /// Not done, and nothing says when it will be: a method raised `BlockingIOError` or
+    /// `InterruptedError`, or took part of the data. The fd's present state decides when to
+    /// attempt again.
+    Pending(Option<RawFd>),
 }
 
 static NATIVE_RECV: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -133,7 +135,7 @@ impl Op {
             Op::Accept => accept(sock),
         };
         match attempted {
-            Err(err) if would_block(py, &err) => Ok(Attempt::Blocked(None)),
+            Err(err) if would_block(py, &err) => Ok(Attempt::Pending(None)),
             other => other,
         }
     }
@@ -179,11 +181,11 @@ fn plain_socket_fd(
     Ok(Some(sock.call_method0(intern!(py, "fileno"))?.extract()?))
 }
 
-/// An OS result as an attempt: `EAGAIN` is "blocked", other errors are the socket's error.
+/// An OS result as an attempt: `EAGAIN` is "would block", other errors are the socket's error.
 fn os_attempt(py: Python<'_>, fd: RawFd, result: io::Result<Py<PyAny>>) -> PyResult<Attempt> {
     match result {
         Ok(value) => Ok(Attempt::Done(value)),
-        Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(Attempt::Blocked(Some(fd))),
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(Attempt::WouldBlock(fd)),
         Err(err) => Err(os_error(py, err)),
     }
 }
@@ -239,13 +241,6 @@ fn with_contiguous<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> Op
     buffer::with_contiguous(data, f).ok()?.ok()
 }
 
-/// How the loop's own sends of what is left ended.
-enum SendOutcome {
-    Done,
-    WouldBlock,
-    Stalled,
-}
-
 /// One step of `sock_sendall`: send what is left; done once every byte is sent.
 fn send_all(
     sock: &Bound<'_, PyAny>,
@@ -257,29 +252,27 @@ fn send_all(
     let name = intern!(py, "send");
     let target = view.as_ref().unwrap_or(data).bind(py);
     if let Some(fd) = plain_socket_fd(sock, name, &NATIVE_SEND)? {
-        // Sent until done or EAGAIN: a short count alone does not promise that the socket
-        // will report being writable again.
-        let outcome = with_contiguous(target, |bytes| loop {
+        let outcome = with_contiguous(target, |bytes| {
             let rest = bytes.get(*sent..).unwrap_or_default();
-            match send_nowait(fd, rest) {
-                Ok(n) if n == rest.len() => break Ok(SendOutcome::Done),
-                // Nothing taken, no EAGAIN: not seen on sockets, and not a reason to spin here.
-                Ok(0) => break Ok(SendOutcome::Stalled),
-                Ok(n) => *sent += n,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    break Ok(SendOutcome::WouldBlock)
-                }
-                Err(err) => break Err(err),
-            }
+            (send_nowait(fd, rest), rest.len())
         });
-        if let Some(result) = outcome {
-            let blocked = match result.map_err(|err| os_error(py, err))? {
-                SendOutcome::Done => return Ok(Attempt::Done(py.None())),
-                SendOutcome::WouldBlock => Attempt::Blocked(Some(fd)),
-                SendOutcome::Stalled => Attempt::Blocked(None),
+        if let Some((result, left)) = outcome {
+            // One send per attempt, as asyncio makes it, so that a peer that keeps draining
+            // never keeps this callback running. A short count from the kernel means what
+            // EAGAIN means: TCP and Unix stream sockets return one only when the send buffer
+            // ran out, and then flag it, so that the space coming back wakes the socket's
+            // waiters (or an error or hang-up ended the send, which wakes them too).
+            let attempt = match result {
+                Ok(n) if n == left => return Ok(Attempt::Done(py.None())),
+                Ok(n) => {
+                    *sent += n;
+                    Attempt::WouldBlock(fd)
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => Attempt::WouldBlock(fd),
+                Err(err) => return Err(os_error(py, err)),
             };
             pin_view(py, data, view)?;
-            return Ok(blocked);
+            return Ok(attempt);
         }
     }
     // The socket's own `send`, as asyncio calls it: the data itself first, then slices of it.
@@ -302,7 +295,7 @@ fn send_all(
     if *sent >= total {
         return Ok(Attempt::Done(py.None()));
     }
-    Ok(Attempt::Blocked(None))
+    Ok(Attempt::Pending(None))
 }
 
 /// Makes `view` the bytes of `data`, once.
