@@ -388,8 +388,9 @@ def test_fd_owned_by_a_transport_is_refused(run, loop):
     b.close()
 
 
-# oxio keeps the fd of a finished sock_* wait registered, disarmed (EPOLLONESHOT), for the next
-# wait on it; these pin down that nothing of that is visible.
+# oxio keeps the fd of a finished sock_* wait registered (edge-triggered) for the next wait
+# through the same socket object; these pin down that nothing of that is visible: no spinning,
+# no lost or stray wake-ups, whatever happens to the fd and its number in between.
 
 
 async def _cpu_while_idle(seconds=0.1):
