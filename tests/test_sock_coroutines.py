@@ -522,10 +522,7 @@ def test_one_socket_waits_to_read_then_to_write_then_to_read(run, loop):
 
     async def main():
         for round_ in range(2):
-            receiving = asyncio.ensure_future(loop.sock_recv(a, 10))
-            await asyncio.sleep(0)
-            b.send(b"r%d" % round_)
-            assert await receiving == b"r%d" % round_
+            await _receive_after_a_wait(loop, a, b, b"r%d" % round_)
             sending = asyncio.ensure_future(loop.sock_sendall(a, payload))
             received = 0
             while received < len(payload):
