@@ -137,11 +137,11 @@ impl Core {
 /// A `sock_*` coroutine's wait on a socket.
 pub(crate) struct SockWait<'py> {
     /// A weak reference to the socket object, made before the loop's state is locked (making
-    /// it may collect garbage, which runs Python code), or `None` if it refuses them. Dropped
-    /// under the lock, it runs no Python code: it has no callback.
+    /// it may collect garbage, which runs Python code), or `None` if it refuses them.
     owner: Option<Bound<'py, PyWeakrefReference>>,
-    /// Whether the socket would block by the kernel's own word (EAGAIN from the loop's system
-    /// call), rather than by a method's (`BlockingIOError`, or part of the data sent).
+    /// Whether the socket would block by the kernel's own word (EAGAIN, or a short count, from
+    /// the loop's own system call), rather than by a method's (`BlockingIOError`,
+    /// `InterruptedError`, or part of the data sent).
     kernel_said_blocked: bool,
 }
 
@@ -185,7 +185,8 @@ pub(super) struct EdgeRegistration {
     /// The socket object whose wait registered it, weakly. The same living object with the
     /// same fd number holds the same open file (a socket object closes its fd only with
     /// itself), so its next wait may trust the registration. Any other object may hold a
-    /// new file under a reused number: its wait asks the kernel.
+    /// new file under a reused number: its wait asks the kernel. Released under the loop's
+    /// lock, it runs no Python code: it has no callback.
     owner: Option<Py<PyWeakrefReference>>,
     /// Whether it reported with no coroutine waiting since the last wait (`note_idle_edge`).
     idle_reported: bool,
